@@ -1,0 +1,3 @@
+"""rluf: Reinforcement Learning from User Feedback."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,144 @@
+"""The `rluf` command line. `rluf --help` lists every command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+app = typer.Typer(
+    help="rluf: Reinforcement Learning from User Feedback: from production reactions to an aligned chat model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console(soft_wrap=True)
+
+EXIT_BAD_INPUT = 2
+EXIT_TOO_MANY_REJECTS = 3
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT):
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def ingest(
+    paths: List[Path] = typer.Argument(..., help="JSONL, Parquet or CSV files (or directories of them)."),
+    store: Path = typer.Option(..., "--store", help="Store directory (created if missing)."),
+    fmt: str = typer.Option("auto", "--format", help="auto, jsonl, parquet, csv, convai2, oasst, oasst-tree."),
+    layout: Optional[str] = typer.Option(None, "--layout", help="conversation, message, reaction or user; default: from the first record."),
+    max_reject_rate: float = typer.Option(0.01, help="Above this share of rejected records the batch is not committed and the exit code is 3."),
+    max_text_chars: int = typer.Option(65_536, help="Longest message text accepted."),
+    workers: Optional[int] = typer.Option(None, help="Parsing processes (default: CPU count)."),
+    memory_limit: str = typer.Option("1GB", help="DuckDB memory limit for the merge stage."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Validate logs into the store; bad records go to STORE/rejects.jsonl, counts always reconcile."""
+    from .data.contract import Limits
+    from .data.ingest import IngestError, ingest as run_ingest
+    from .data.store import StoreError
+
+    try:
+        with _progress("ingest") as (progress, task):
+            summary = run_ingest(
+                paths, store, fmt=fmt, kind=layout, max_reject_rate=max_reject_rate,
+                limits=Limits(max_text_chars=max_text_chars), workers=workers, memory_limit=memory_limit,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )  # fmt: skip
+    except (IngestError, StoreError) as exc:
+        _fail(str(exc))
+    d = summary.as_dict()
+    if as_json:
+        print(json.dumps(d, indent=1))
+    else:
+        _print_ingest(d)
+    if not summary.committed:
+        err.print(
+            f"[bold red]batch not committed:[/] {summary.rejected} of {summary.read} records rejected "
+            f"({summary.reject_rate:.2%} > --max-reject-rate {summary.max_reject_rate:.2%}). "
+            f"Fix them (see {summary.rejects_file}) or raise --max-reject-rate, then run again."
+        )
+        raise typer.Exit(EXIT_TOO_MANY_REJECTS)
+
+
+def _print_ingest(d: dict) -> None:
+    out.print(
+        f"read {d['read']}  accepted {d['accepted']}  rejected {d['rejected']}  duplicate {d['duplicate']}"
+        f"  (blank lines {d['blank_lines']})  reconciles: {d['reconciles']}"
+    )
+    out.print(
+        f"stored: {d['conversations']} conversations, {d['messages']} messages, {d['reaction_events']} reaction events,"
+        f" {d['user_overrides']} user rows  in {d['seconds']:.1f}s  batch {d['batch_id']}"
+        + ("" if d["committed"] else "  [NOT COMMITTED]")
+    )
+    if d["rejected"]:
+        out.print(f"rejects ({d['reject_rate']:.2%}) written to {d['rejects_file']}; top reasons:")
+        for reason, n in list(d["reasons"].items())[:8]:
+            out.print(f"  {n:>8}  {reason}")
+
+
+class _progress:
+    def __init__(self, label: str):
+        self.label = label
+
+    def __enter__(self):
+        self.p = Progress(TextColumn(f"[bold]{self.label}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                          console=err, transient=True, disable=not err.is_terminal)  # fmt: skip
+        self.p.__enter__()
+        return self.p, self.p.add_task(self.label, total=None)
+
+    def __exit__(self, *exc):
+        return self.p.__exit__(*exc)
+
+
+@app.command()
+def stats(
+    store: Path = typer.Option(..., "--store", help="Store directory written by `rluf ingest`."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+    retention_start: int = typer.Option(14, help="Retained = active from this day after first seen..."),
+    retention_end: int = typer.Option(28, help="...until (not including) this day."),
+):
+    """What an operator looks at first: counts, reaction rates by type, category and policy, retention."""
+    from .data.stats import store_stats
+    from .data.store import Store, StoreError
+
+    s = Store(store)
+    if not s.exists():
+        _fail(f"{store}: no store here (no manifest.json); create one with `rluf ingest FILES --store {store}`")
+    try:
+        result = store_stats(s, retention_days=(retention_start, retention_end))
+    except (StoreError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(result, indent=1, default=str))
+    else:
+        from .data.stats import render_stats
+
+        render_stats(result, out)
+
+
+@app.command()
+def demo(out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Where the demo writes everything.")):
+    """Run the whole loop on the embedded default world (the main job behind `make demo`)."""
+    from .demo import run_demo
+
+    try:
+        run_demo(out_dir, console=out)
+    except Exception as exc:  # the demo is the front door: say what failed, where, and exit non-zero
+        _fail(f"demo failed: {type(exc).__name__}: {exc}", code=1)
+
+
+def main():  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,1 @@
+"""Logs in: the data contract, lossless ingest into the embedded store, and first statistics."""
