@@ -11,7 +11,8 @@ Reaction names are free strings: the contract has no reaction vocabulary.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
+import hashlib
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -26,6 +27,8 @@ REACTION = "reaction"  # flat: one reaction event per record
 USER = "user"  # optional users table (retention override)
 KINDS = (CONVERSATION, MESSAGE, REACTION, USER)
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
 _MIN_TIME_US = 0  # 1970-01-01
 _MAX_TIME_US = 4102444800 * 1_000_000  # 2100-01-01
 
@@ -55,7 +58,6 @@ class Unit:
 
     kind: str
     key: str  # identity used for de-duplication (conversation/message id, event tuple, user id)
-    digest: str  # hash of the normalized content: same key + same digest = duplicate
     conversations: list[tuple] = dataclasses.field(default_factory=list)
     messages: list[tuple] = dataclasses.field(default_factory=list)
     reactions: list[tuple] = dataclasses.field(default_factory=list)
@@ -142,7 +144,7 @@ def _datetime_us(dt: datetime, field: str) -> int:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     try:
-        us = int(dt.timestamp()) * 1_000_000 + dt.microsecond
+        us = (dt - _EPOCH) // _MICROSECOND
     except (OverflowError, OSError, ValueError):
         raise RecordError(field, f"time {dt.isoformat()} is out of range") from None
     return _check_range(us, field)
@@ -175,10 +177,26 @@ def _type_name(value: Any) -> str:
             float: "a number"}.get(type(value), type(value).__name__)  # fmt: skip
 
 
-def _digest(payload: Any) -> str:
-    import hashlib
+_NULL = "\x00"
 
-    return hashlib.blake2b(orjson.dumps(payload), digest_size=12).hexdigest()
+
+def row_digest(row: tuple) -> str:
+    """md5 of a row's canonical text: fields joined by U+001F, NULL as U+0000, times as epoch µs.
+
+    The vectorized JSONL path computes the same string in SQL (fastpath.py), so a record has one
+    digest whichever path validated it. Same key + same unit digest = duplicate.
+    """
+    parts = []
+    for v in row:
+        if v is None:
+            parts.append(_NULL)
+        elif v is True:
+            parts.append("true")
+        elif v is False:
+            parts.append("false")
+        else:
+            parts.append(v if type(v) is str else str(v))
+    return hashlib.md5("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _extra(record: dict, known: frozenset) -> str | None:
@@ -244,8 +262,8 @@ def normalize_conversation(record: Any, limits: Limits = Limits()) -> Unit:
         if mid in seen_ids:
             raise RecordError(where + ".message_id", f"{mid!r} appears twice in this conversation")
         seen_ids.add(mid)
-        parent = turn.get("parent_id", previous_id) if "parent_id" in turn else previous_id
-        parent = _string(parent, where + ".parent_id", idmax, required=False)
+        parent = turn.get("parent_id")  # null or absent: the previous turn; "": no parent
+        parent = previous_id if parent is None else _string(parent, where + ".parent_id", idmax, required=False)
         role = turn.get("role")
         if role not in ROLES:
             raise _bad_role(role, where + ".role")
@@ -269,8 +287,7 @@ def normalize_conversation(record: Any, limits: Limits = Limits()) -> Unit:
         raise RecordError("started_at", "is later than the first turn's time")
     extra = _extra(rec, _CONV_KEYS)
     conversation = (cid, uid, started_at, category, policy, len(messages), extra)
-    digest = _digest((conversation, messages, reactions))
-    return Unit(CONVERSATION, cid, digest, [conversation], messages, reactions)
+    return Unit(CONVERSATION, cid, [conversation], messages, reactions)
 
 
 def _nested_reaction(r: Any, where: str, mid: str, uid: str, message_time: int, seq: int, idmax: int) -> tuple:
@@ -279,7 +296,7 @@ def _nested_reaction(r: Any, where: str, mid: str, uid: str, message_time: int, 
     name = _string(r.get("name"), where + ".name", idmax)
     ruid = r.get("user_id")
     ruid = uid if ruid is None else _string(ruid, where + ".user_id", idmax)
-    action = r.get("action", "add")
+    action = r.get("action") or "add"
     if action not in ACTIONS:
         raise RecordError(where + ".action", f"expected 'add' or 'remove', got {action!r:.40}")
     t = parse_time(r.get("time"), where + ".time")
@@ -319,7 +336,7 @@ def normalize_message(record: Any, limits: Limits = Limits()) -> Unit:
     policy = _string(rec.get("policy"), "policy", idmax, required=False)
     category = _string(rec.get("category"), "category", idmax, required=False)
     row = (mid, cid, parent, turn_index, uid, role, text, t, policy, category, _extra(rec, _MESSAGE_KEYS))
-    return Unit(MESSAGE, mid, _digest(row), messages=[row])
+    return Unit(MESSAGE, mid, messages=[row])
 
 
 def normalize_reaction(record: Any, limits: Limits = Limits()) -> Unit:
@@ -339,7 +356,7 @@ def normalize_reaction(record: Any, limits: Limits = Limits()) -> Unit:
         raise RecordError(unknown[0], "unknown field in a reaction event (allowed: message_id, user_id, reaction, action, time)")
     row = (mid, uid, name, action, t, 0)
     key = f"{mid}\x1f{uid}\x1f{name}\x1f{action}\x1f{t}"
-    return Unit(REACTION, key, _digest(row), reactions=[row])
+    return Unit(REACTION, key, reactions=[row])
 
 
 def normalize_user(record: Any, limits: Limits = Limits()) -> Unit:
@@ -351,7 +368,7 @@ def normalize_user(record: Any, limits: Limits = Limits()) -> Unit:
         unknown = sorted(k for k in rec if k not in _USER_KEYS)
         raise RecordError(unknown[0], "unknown field in a users row (allowed: user_id, retained)")
     row = (uid, retained)
-    return Unit(USER, uid, _digest(row), users=[row])
+    return Unit(USER, uid, users=[row])
 
 
 NORMALIZERS = {

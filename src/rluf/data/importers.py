@@ -18,7 +18,7 @@ import hashlib
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .contract import Limits, RecordError, Unit, normalize_conversation, normalize_message, parse_time, _digest
+from .contract import Limits, RecordError, Unit, normalize_conversation, normalize_message, parse_time
 
 CONVAI2 = "convai2"
 OASST = "oasst"
@@ -153,7 +153,6 @@ def oasst_message(record: Any, limits: Limits = Limits()) -> Unit:
     unit = normalize_message(message, limits)
     row = unit.messages[0]
     unit.reactions = _reaction_rows(row[0], row[7], counts)
-    unit.digest = _digest((row, unit.reactions))
     return unit
 
 
@@ -193,7 +192,6 @@ def oasst_tree(record: Any, limits: Limits = Limits()) -> Unit:
     unit = normalize_conversation(record_out, limits)
     unit.reactions = [r for msg, counts in zip(unit.messages, reaction_counts) for r in _reaction_rows(msg[0], msg[7], counts)]
     unit.reactions = [r[:5] + (i,) for i, r in enumerate(unit.reactions)]
-    unit.digest = _digest((unit.conversations, unit.messages, unit.reactions))
     return unit
 
 

@@ -102,6 +102,7 @@ class Store:
         if not 0 <= start < end:
             raise ValueError(f"retention window {retention_days} must satisfy 0 <= start < end")
         con = duckdb.connect(config={"memory_limit": memory_limit})
+        con.execute("SET TimeZone='UTC'")
         if threads:
             con.execute(f"SET threads={int(threads)}")
         for table in STORED_TABLES:
@@ -119,7 +120,7 @@ def _sql_list(items: list[str]) -> str:
     return "[" + ", ".join("'" + s.replace("'", "''") + "'" for s in items) + "]"
 
 
-_LINEAGE = "0::INTEGER AS batch_no, ''::VARCHAR AS source_file, 0::BIGINT AS source_line"
+_LINEAGE = "''::VARCHAR AS row_digest, 0::INTEGER AS batch_no, ''::VARCHAR AS source_file, 0::BIGINT AS source_line, 0::INTEGER AS block"
 EMPTY = {
     "conversations": "SELECT ''::VARCHAR conversation_id, ''::VARCHAR user_id, TIMESTAMPTZ '2000-01-01' started_at, "
     "''::VARCHAR category, ''::VARCHAR policy, 0::INTEGER n_turns, ''::VARCHAR extra, " + _LINEAGE,
@@ -129,7 +130,8 @@ EMPTY = {
     "reaction_events": "SELECT ''::VARCHAR message_id, ''::VARCHAR user_id, ''::VARCHAR reaction, ''::VARCHAR action, "
     "TIMESTAMPTZ '2000-01-01' time, 0::INTEGER seq, " + _LINEAGE,
     "user_overrides": "SELECT ''::VARCHAR user_id, false retained, " + _LINEAGE,
-    "ledger": "SELECT ''::VARCHAR kind, ''::VARCHAR key, ''::VARCHAR digest, " + _LINEAGE,
+    "ledger": "SELECT ''::VARCHAR kind, ''::VARCHAR key, ''::VARCHAR digest, 0::INTEGER AS batch_no, "
+    "''::VARCHAR AS source_file, 0::BIGINT AS source_line",
 }
 
 # Last action wins per (message, user, reaction); equal times resolve in ingest order.
@@ -139,7 +141,7 @@ SELECT message_id, user_id, reaction, time
 FROM (
     SELECT *, row_number() OVER (
         PARTITION BY message_id, user_id, reaction
-        ORDER BY time DESC, batch_no DESC, source_file DESC, source_line DESC, seq DESC) AS rn
+        ORDER BY time DESC, batch_no DESC, block DESC, source_line DESC, seq DESC) AS rn
     FROM reaction_events)
 WHERE rn = 1 AND action = 'add'
 """
@@ -161,7 +163,7 @@ returned AS (
     FROM firsts f JOIN activity a USING (user_id) GROUP BY f.user_id),
 latest_override AS (
     SELECT user_id, retained FROM (
-        SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY batch_no DESC, source_file DESC, source_line DESC) rn
+        SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY batch_no DESC, block DESC, source_line DESC) rn
         FROM user_overrides) WHERE rn = 1)
 SELECT f.user_id, f.first_seen, f.last_seen, f.n_messages, f.n_conversations,
        coalesce(r.active_in_window, false) AS retained_derived,

@@ -1,0 +1,187 @@
+"""Ingest stage 2: cross-record checks over the staged units, then commit (runs in DuckDB).
+
+Each staged unit ends as exactly one of: accepted, duplicate (same identity and same content as a
+stored record or an earlier one in the batch) or rejected (a conflict on identity, a message id
+used twice, an unknown parent, a reaction to an unknown message or earlier than it). Blocks whose
+units are all accepted are moved into the store as they are; the others are rewritten filtered.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from .parse import DATA_TABLES, SCHEMAS, Task, TaskResult, reject
+from .store import Store, _sql_list
+
+CONFLICT_STORED = ("id already in the store with different content; give the new record its own id, "
+                   "or correct the stored one at its source")  # fmt: skip
+CONFLICT_BATCH = "id appears earlier in this batch with different content; ids must be unique"
+
+
+def connect(staging: Path, memory_limit: str, threads: int | None) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(staging / "duckdb.tmp"),
+                                 "preserve_insertion_order": False})  # fmt: skip
+    con.execute("SET TimeZone='UTC'")
+    if threads:
+        con.execute(f"SET threads={int(threads)}")
+    return con
+
+
+def decide(con, store: Store, results: list[TaskResult], tasks: dict[int, Task]) -> tuple[dict[str, int], list[dict]]:
+    """Classify every staged unit; return status counts and the rejects of this stage."""
+    for table, cols, empty in (
+        ("ledger", "kind, key, digest, batch_no", "''::VARCHAR kind, ''::VARCHAR key, ''::VARCHAR digest, 0 batch_no"),
+        ("messages", "message_id, time", "''::VARCHAR message_id, TIMESTAMPTZ '2000-01-01' time"),
+    ):
+        files = store.table_files(table)
+        source = f"read_parquet({_sql_list(files)})" if files else f"(SELECT {empty}) WHERE false"
+        con.execute(f"CREATE OR REPLACE VIEW stored_{table} AS SELECT {cols} FROM {source}")
+    for table, schema in SCHEMAS.items():
+        files = [r.staged[table] for r in results if table in r.staged]
+        if files:
+            con.execute(f"CREATE OR REPLACE VIEW s_{table} AS SELECT * FROM read_parquet({_sql_list(files)})")
+        else:
+            con.register(f"empty_{table}", schema.empty_table())
+            con.execute(f"CREATE OR REPLACE VIEW s_{table} AS SELECT * FROM empty_{table}")
+
+    # Identity: (kind, key). Users rows are upserts: only an unchanged row is a duplicate.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE decided AS
+        WITH last_stored AS (
+            SELECT kind, key, arg_max(digest, batch_no) AS digest FROM stored_ledger GROUP BY kind, key),
+        ranked AS (
+            SELECT u.block, u.line, u.kind, u.key, u.digest, s.digest AS stored_digest,
+                   row_number() OVER w AS occurrence, first_value(u.digest) OVER w AS first_digest,
+                   lag(u.digest) OVER w AS previous_digest
+            FROM s_units u LEFT JOIN last_stored s ON s.kind = u.kind AND s.key = u.key
+            WINDOW w AS (PARTITION BY u.kind, u.key ORDER BY u.block, u.line))
+        SELECT block, line, kind, key, digest,
+            CASE
+              WHEN kind = 'user' THEN
+                CASE WHEN coalesce(previous_digest, stored_digest) = digest THEN 'duplicate' ELSE 'accepted' END
+              WHEN stored_digest = digest THEN 'duplicate'
+              WHEN stored_digest IS NOT NULL THEN 'rejected'
+              WHEN occurrence > 1 AND first_digest = digest THEN 'duplicate'
+              WHEN occurrence > 1 THEN 'rejected'
+              ELSE 'accepted' END AS status,
+            CASE WHEN kind = 'conversation' THEN 'conversation_id' WHEN kind = 'user' THEN 'user_id'
+                 WHEN kind = 'message' THEN 'message_id' ELSE '<record>' END AS field,
+            CASE WHEN stored_digest IS NOT NULL THEN '{CONFLICT_STORED}' ELSE '{CONFLICT_BATCH}' END AS reason
+        FROM ranked
+    """)
+    con.execute("UPDATE decided SET field = NULL, reason = NULL WHERE status <> 'rejected'")
+    con.execute("CREATE OR REPLACE TEMP VIEW accepted AS SELECT block, line FROM decided WHERE status = 'accepted'")
+
+    # A message id may belong to one record only (nested ids can collide with flat ones).
+    _reject_where(con, "message_id", """
+        WITH am AS (SELECT m.message_id, m.block, m.source_line AS line FROM s_messages m
+                    SEMI JOIN accepted a ON a.block = m.block AND a.line = m.source_line),
+        twice AS (SELECT message_id, min(block * 4294967296 + line) AS first FROM am GROUP BY message_id HAVING count(*) > 1)
+        SELECT am.block, am.line, 'message id ' || am.message_id || ' is used by an earlier record in this batch' AS reason
+        FROM am JOIN twice t USING (message_id) WHERE am.block * 4294967296 + am.line > t.first
+        UNION ALL
+        SELECT am.block, am.line, 'message id ' || am.message_id || ' already exists in the store' AS reason
+        FROM am SEMI JOIN stored_messages s ON s.message_id = am.message_id
+    """)
+    # Parents outside their own record must exist; repeat, as a rejected parent orphans its children.
+    for _ in range(64):
+        n = _reject_where(con, "parent_id", """
+            SELECT p.block, p.line, 'parent_id ' || p.parent_id || ' is not a known message; ingest the parent first' AS reason
+            FROM s_external_parents p SEMI JOIN accepted a ON a.block = p.block AND a.line = p.line
+            WHERE p.parent_id NOT IN (SELECT message_id FROM stored_messages)
+              AND p.parent_id NOT IN (SELECT m.message_id FROM s_messages m
+                                      SEMI JOIN accepted a ON a.block = m.block AND a.line = m.source_line)
+        """)
+        if not n:
+            break
+    # Flat reaction events: their message must exist and be no later than the reaction.
+    _reject_where(con, "CASE WHEN k.message_id IS NULL THEN 'message_id' ELSE 'time' END", """
+        WITH rx AS (SELECT r.* FROM s_reaction_events r
+                    JOIN decided d ON d.block = r.block AND d.line = r.source_line
+                    WHERE d.status = 'accepted' AND d.kind = 'reaction'),
+        known AS (SELECT message_id, min(time) AS time FROM (
+                    SELECT message_id, time FROM stored_messages WHERE message_id IN (SELECT message_id FROM rx)
+                    UNION ALL
+                    SELECT m.message_id, m.time FROM s_messages m
+                    SEMI JOIN accepted a ON a.block = m.block AND a.line = m.source_line
+                    WHERE m.message_id IN (SELECT message_id FROM rx)) GROUP BY message_id)
+        SELECT rx.block, rx.source_line AS line, k.message_id,
+               CASE WHEN k.message_id IS NULL
+                    THEN 'no message ' || rx.message_id || ' in the store or this batch; ingest the messages first, then this file again'
+                    ELSE 'reaction at ' || strftime(rx.time, '%Y-%m-%dT%H:%M:%S') || 'Z is earlier than its message at '
+                         || strftime(k.time, '%Y-%m-%dT%H:%M:%S') || 'Z' END AS reason
+        FROM rx LEFT JOIN known k USING (message_id)
+        WHERE k.message_id IS NULL OR rx.time < k.time
+    """, field_from_query=True)
+
+    counts = dict(con.execute("SELECT status, count(*) FROM decided GROUP BY status").fetchall())
+    rows = con.execute("SELECT block, line, field, reason FROM decided WHERE status = 'rejected' ORDER BY block, line").fetchall()
+    return counts, [reject(tasks[b], line, field, reason, None) for b, line, field, reason in rows]
+
+
+def _reject_where(con, field: str, query: str, field_from_query: bool = False) -> int:
+    """Reject the accepted units (block, line) that `query` returns, with its reason."""
+    field_sql = "x.field" if field_from_query else f"'{field}'"
+    if field_from_query:
+        query = f"SELECT block, line, {field} AS field, reason FROM ({query}) k"
+    return con.execute(f"""
+        UPDATE decided d SET status = 'rejected', field = {field_sql}, reason = x.reason
+        FROM (SELECT block, line, {'min(field) AS field, ' if field_from_query else ''}min(reason) AS reason
+              FROM ({query}) q GROUP BY block, line) x
+        WHERE d.block = x.block AND d.line = x.line AND d.status = 'accepted'
+    """).fetchone()[0]
+
+
+def commit(con, store: Store, results: list[TaskResult], batch_no: int) -> dict[str, list[str]]:
+    """Move or rewrite the accepted rows into the store; return the new files by table."""
+    clean = {b for (b,) in con.execute(
+        "SELECT block FROM decided GROUP BY block HAVING bool_and(status = 'accepted')").fetchall()}  # fmt: skip
+    files: dict[str, list[str]] = {}
+    for result in results:
+        for table in DATA_TABLES:
+            src = result.staged.get(table)
+            if src is None:
+                continue
+            dest = store.root / "tables" / table / f"batch-{batch_no:06d}-block-{result.task_id:07d}.parquet"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if result.task_id in clean:
+                os.replace(src, dest)
+            else:
+                n = con.execute(f"""
+                    COPY (SELECT t.* FROM read_parquet('{src}') t
+                          SEMI JOIN accepted a ON a.block = t.block AND a.line = t.source_line
+                          ORDER BY t.source_line)
+                    TO '{dest}' (FORMAT parquet, COMPRESSION zstd)""").fetchone()[0]  # fmt: skip
+                if n == 0:
+                    dest.unlink()
+                    continue
+            files.setdefault(table, []).append(str(dest.relative_to(store.root)))
+    ledger = store.root / "tables" / "ledger" / f"batch-{batch_no:06d}.parquet"
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    n = con.execute(f"""
+        COPY (SELECT kind, key, digest, {batch_no} AS batch_no, u.source_file, d.line AS source_line
+              FROM decided d JOIN (SELECT DISTINCT block, source_file FROM task_sources) u USING (block)
+              WHERE d.status = 'accepted' ORDER BY d.block, d.line)
+        TO '{ledger}' (FORMAT parquet, COMPRESSION zstd)""").fetchone()[0]  # fmt: skip
+    if n:
+        files["ledger"] = [str(ledger.relative_to(store.root))]
+    else:
+        ledger.unlink()
+    return files
+
+
+def register_sources(con, tasks: dict[int, Task]) -> None:
+    con.register("task_sources_arrow", pa.table({
+        "block": pa.array(list(tasks), pa.int32()),
+        "source_file": pa.array([t.path for t in tasks.values()], pa.string())}))  # fmt: skip
+    con.execute("CREATE OR REPLACE TEMP TABLE task_sources AS SELECT * FROM task_sources_arrow")
+
+
+def count_rows(store: Store, files: dict[str, list[str]]) -> dict[str, int]:
+    import pyarrow.parquet as pq
+
+    return {t: sum(pq.ParquetFile(store.root / f).metadata.num_rows for f in files.get(t, [])) for t in DATA_TABLES}

@@ -1,0 +1,115 @@
+"""The vectorized JSONL path must accept exactly what the reference validator accepts, with the same rows."""
+
+import random
+
+import orjson
+import pytest
+
+from rluf.data import examples
+from rluf.data.ingest import ingest
+from rluf.data.store import Store
+
+TABLES = {
+    "conversations": "conversation_id, user_id, started_at, category, policy, n_turns, extra, row_digest, source_line",
+    "messages": "message_id, conversation_id, parent_id, turn_index, user_id, role, text, time, policy, category, extra, row_digest, source_line",
+    "reaction_events": "message_id, user_id, reaction, action, time, seq, row_digest, source_line",
+    "ledger": "kind, key, digest, source_line",
+}
+
+
+def _dump(store_dir):
+    con = Store(store_dir).connect()
+    out = {t: con.execute(f"SELECT {cols} FROM {t} ORDER BY ALL").fetchall() for t, cols in TABLES.items()}
+    out["reactions"] = con.execute("SELECT * FROM reactions ORDER BY ALL").fetchall()
+    return out
+
+
+def _rejects(store_dir):
+    path = Store(store_dir).rejects_path
+    if not path.exists():
+        return []
+    return sorted((r["line"], r["field"], r["reason"]) for r in map(orjson.loads, path.read_bytes().splitlines()))
+
+
+def _tricky_lines(rng: random.Random) -> list[bytes]:
+    """Valid and invalid records that probe every rule the vectorized checks implement."""
+    base = examples.conversation(10_000, rng, turns=4)
+    variants = []
+
+    def v(mutate):
+        rec = orjson.loads(orjson.dumps(base))
+        rec["conversation_id"] = f"x{len(variants)}"
+        for i, t in enumerate(rec["turns"]):
+            t["message_id"] = f"x{len(variants)}-{i}"
+        mutate(rec)
+        variants.append(orjson.dumps(rec))
+
+    v(lambda r: None)
+    v(lambda r: r.pop("started_at"))
+    v(lambda r: r.update(started_at="2030-01-01T00:00:00Z"))  # after first turn
+    v(lambda r: r.update(category=""))  # "" means absent
+    v(lambda r: r.update(policy="p" * 300))  # over the id limit
+    v(lambda r: r.update(conversation_id=""))
+    v(lambda r: r.pop("user_id"))
+    v(lambda r: r.update(turns=[]))
+    v(lambda r: r["turns"][1].update(role="bot"))
+    v(lambda r: r["turns"][1].pop("role"))
+    v(lambda r: r["turns"][1].update(time="2026-13-01T00:00:00Z"))
+    v(lambda r: r["turns"][1].update(time="2026-01-01T10:00:00+05:30"))
+    v(lambda r: r["turns"][1].update(time="2026-01-01 10:00:00.123"))
+    v(lambda r: r["turns"][1].update(time="2026-01-01"))  # date only: reference path decides
+    v(lambda r: r["turns"][1].update(time="1969-12-31T23:59:59Z"))
+    v(lambda r: r["turns"][1].update(text="é" * 40))
+    v(lambda r: r["turns"][1].update(text=""))
+    v(lambda r: r["turns"][1].pop("message_id"))  # default id
+    v(lambda r: [t.pop("message_id") for t in r["turns"]])
+    v(lambda r: r["turns"][2].update(message_id=r["turns"][0]["message_id"]))  # duplicate id
+    v(lambda r: r["turns"][2].update(parent_id=""))  # explicit root
+    v(lambda r: r["turns"][2].update(parent_id=r["turns"][0]["message_id"]))  # branch inside the record
+    v(lambda r: r["turns"][2].update(parent_id="elsewhere"))  # unknown parent: rejected at merge
+    v(lambda r: r["turns"][1].update(reactions=[{"name": "love", "time": r["turns"][1]["time"]}]))
+    v(lambda r: r["turns"][1].update(reactions=[{"name": "love", "time": "2020-01-01T00:00:00Z"}]))  # too early
+    v(lambda r: r["turns"][1].update(reactions=[{"name": "", "time": r["turns"][1]["time"]}]))
+    v(lambda r: r["turns"][1].update(reactions=[{"name": "+1", "action": "remove", "user_id": "other",
+                                                 "time": r["turns"][1]["time"]}]))  # fmt: skip
+    v(lambda r: r["turns"][1].update(reactions=[{"name": "love", "action": "", "time": r["turns"][1]["time"]}]))
+    v(lambda r: r["turns"][1].update(reactions=[{"name": "love", "action": "undo", "time": r["turns"][1]["time"]}]))
+    v(lambda r: r["turns"][1].update(reactions=[{"name": "love", "user_id": "", "time": r["turns"][1]["time"]}]))
+    v(lambda r: r.update(source="web"))  # extra top-level field: kept in `extra`
+    v(lambda r: r["turns"][0].update(lang="en"))  # extra turn field
+    v(lambda r: r["turns"][0].update(reactions=[{"name": "love", "time": r["turns"][0]["time"], "why": "x"}]))
+    v(lambda r: r.update(conversation_id=7))  # int id: kept as text by the reference path
+    variants.append(b'{"conversation_id": "broken", "turns": [')
+    variants.append(b"")
+    variants.append(b'{"conversation_id": "bad-utf8", "user_id": "u", "turns": [{"role": "user", "text": "\xff", "time": "2026-01-01T00:00:00Z"}]}')
+    variants.append(orjson.dumps(base))  # same id and content as a clean line below: duplicate
+    return variants
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vectorized_and_reference_paths_agree(tmp_path, monkeypatch, seed):
+    rng = random.Random(seed)
+    lines = [orjson.dumps(examples.conversation(c, rng, turns=rng.randint(1, 7))) for c in range(300)]
+    for line in _tricky_lines(rng):
+        lines.insert(rng.randrange(len(lines) + 1), line)
+    lines.append(orjson.dumps(examples.conversation(10_000, random.Random(seed), turns=4)))
+    path = tmp_path / "logs.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    monkeypatch.setattr("rluf.data.fastpath.MIN_RANGE_LINES", 8)  # exercise the range splitting too
+    monkeypatch.setattr("rluf.data.ingest.BLOCK_BYTES", 20_000)
+    fast = ingest([path], tmp_path / "fast", workers=1, max_reject_rate=1.0)
+    slow = ingest([path], tmp_path / "slow", workers=1, max_reject_rate=1.0, vectorized=False)
+    for key in ("read", "accepted", "rejected", "duplicate", "blank_lines", "messages", "reaction_events"):
+        assert getattr(fast, key) == getattr(slow, key), key
+    assert fast.reconciles and fast.rejected >= 15
+    assert fast.vectorized >= 250 and slow.vectorized == 0
+    assert _dump(tmp_path / "fast") == _dump(tmp_path / "slow")
+    assert _rejects(tmp_path / "fast") == _rejects(tmp_path / "slow")
+
+
+def test_reingest_through_the_other_path_is_all_duplicates(tmp_path):
+    path = tmp_path / "logs.jsonl"
+    examples.write_nested_jsonl(path, 500, seed=3)
+    first = ingest([path], tmp_path / "s", workers=1)
+    again = ingest([path], tmp_path / "s", workers=1, vectorized=False)
+    assert first.accepted == 500 and again.duplicate == 500 and again.accepted == 0 and again.rejected == 0
