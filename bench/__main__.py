@@ -12,7 +12,8 @@ def main(argv: list[str]) -> int:
         print(f"usage: python -m bench NAME [options]   (NAME: {', '.join(NAMES)})", file=sys.stderr)
         return 2
     doc = importlib.import_module(f"bench.{argv[0]}").main(argv[1:])
-    return 0 if all(g["passed"] for g in doc["goals"]) else 1
+    missed = [g["goal"] for g in doc["goals"] if not g["passed"]]
+    return 1 if missed and doc["check"] else 0
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
     python -m bench ingest --messages 200000 --json
 
-Fair means: every case runs once per round, in the same process and on the same input, and
-rounds alternate (candidate, baseline, baseline, candidate, ...), so drift in the machine's
+Fair means: every case runs once per round, from one benchmark process and on the same input,
+and rounds alternate (candidate, baseline, baseline, candidate, ...), so drift in the machine's
 state (page cache, thermal, neighbours) hits every case alike. Each case reports the median
 wall time over its runs, the throughput that implies, and the peak RSS of the process tree
 it started (sampled every 50 ms: the sum over a process and all its children).
@@ -144,21 +144,23 @@ def environment() -> dict:
     }  # fmt: skip
 
 
-def parser(doc: str) -> argparse.ArgumentParser:
+def parser(name: str, doc: str) -> argparse.ArgumentParser:
     """The options every benchmark takes; each adds its own."""
-    ap = argparse.ArgumentParser(description=doc.strip().splitlines()[0],
+    ap = argparse.ArgumentParser(prog=f"python -m bench {name}", description=doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("--repeats", type=int, default=3, help="runs of each case (the median is reported)")
     ap.add_argument("--json", action="store_true", help="print the result as JSON on stdout (the table goes to stderr)")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
     return ap
 
 
-def report(name: str, params: dict, items_label: str, results: dict[str, dict], candidate: str,
-           goals: list[dict], as_json: bool = False) -> dict:  # fmt: skip
-    """Print the table, write bench/results/NAME.json, and (with as_json) the same JSON to stdout."""
+def report(name: str, args: argparse.Namespace, items_label: str, results: dict[str, dict], candidate: str,
+           goals: list[dict]) -> dict:  # fmt: skip
+    """Print the table, write bench/results/NAME.json, and (with --json) the same JSON to stdout."""
     from rich.console import Console
     from rich.table import Table
 
+    params = {k: v for k, v in vars(args).items() if k not in ("json", "check")}
     rel = ratios(results, candidate)
     t = Table(title=f"bench {name}: " + ", ".join(f"{k}={v}" for k, v in params.items()))
     for col in ("case", "median s", f"{items_label}/s", f"{candidate} / case", "peak RSS MB", "runs (s)"):
@@ -168,18 +170,20 @@ def report(name: str, params: dict, items_label: str, results: dict[str, dict], 
         t.add_row(case, f"{r['median_s']:.2f}", f"{r['items_per_s']:,.0f}",
                   f"{rel[case]:.2f}" if case in rel else "-", "-" if rss is None else f"{rss / 1e6:,.0f}",
                   " ".join(f"{s:.2f}" for s in r["seconds"]))  # fmt: skip
-    console = Console(stderr=as_json)
+    console = Console(stderr=args.json)
+    if not console.is_terminal:
+        console.width = 120  # a log file: don't wrap the table at 80 columns
     console.print(t)
     for g in goals:
         mark = "[green]PASS[/]" if g["passed"] else "[red]FAIL[/]"
         console.print(f"{mark}  {g['goal']}  (measured {g['value']:.3g})")
     doc = {"bench": name, "params": params, "env": environment(), "candidate": candidate, "results": results,
-           "ratios": rel, "goals": goals}  # fmt: skip
+           "ratios": rel, "goals": goals, "check": args.check}  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
     console.print(f"[dim]written {path}[/]")
-    if as_json:
-        json.dump(doc, sys.stdout, indent=1)
+    if args.json:
+        json.dump(doc, sys.stdout, indent=1, default=str)
         print()
     return doc

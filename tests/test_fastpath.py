@@ -10,10 +10,10 @@ from rluf.data.ingest import ingest
 from rluf.data.store import Store
 
 TABLES = {
-    "conversations": "conversation_id, user_id, started_at, category, policy, n_turns, extra, row_digest, source_line",
-    "messages": "message_id, conversation_id, parent_id, turn_index, user_id, role, text, time, policy, category, extra, row_digest, source_line",
-    "reaction_events": "message_id, user_id, reaction, action, time, seq, row_digest, source_line",
-    "ledger": "kind, key, digest, source_line",
+    "conversations": "conversation_id, user_id, started_at, category, policy, n_turns, extra, source_line",
+    "messages": "message_id, conversation_id, parent_id, turn_index, user_id, role, text, time, policy, category, extra, source_line",
+    "reaction_events": "message_id, user_id, reaction, action, time, seq, source_line",
+    "ledger": "kind, key, source_line",
 }
 
 
@@ -113,3 +113,25 @@ def test_reingest_through_the_other_path_is_all_duplicates(tmp_path):
     first = ingest([path], tmp_path / "s", workers=1)
     again = ingest([path], tmp_path / "s", workers=1, vectorized=False)
     assert first.accepted == 500 and again.duplicate == 500 and again.accepted == 0 and again.rejected == 0
+
+
+@pytest.mark.parametrize("vectorized", [True, False])
+def test_message_id_used_by_two_records_is_rejected_across_paths_and_batches(tmp_path, vectorized):
+    rng = random.Random(5)
+    a = examples.conversation(1, rng, turns=2, prefix="a")
+    b = examples.conversation(2, rng, turns=2, prefix="b")
+    b["turns"][1]["message_id"] = a["turns"][0]["message_id"]
+    b["lang"] = "en"  # an extra field: this record takes the reference path
+    path = tmp_path / "logs.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(x) for x in (a, b)) + b"\n")
+    s = ingest([path], tmp_path / "s", workers=1, max_reject_rate=1.0, vectorized=vectorized)
+    assert (s.accepted, s.rejected) == (1, 1)
+    rej = orjson.loads(Store(tmp_path / "s").rejects_path.read_bytes().splitlines()[0])
+    assert (rej["line"], rej["field"]) == (2, "message_id") and "earlier record" in rej["reason"]
+    # A later batch reusing a stored message id is rejected too.
+    c = examples.conversation(3, rng, turns=2, prefix="c")
+    c["turns"][0]["message_id"] = a["turns"][1]["message_id"]
+    later = tmp_path / "later.jsonl"
+    later.write_bytes(orjson.dumps(c) + b"\n")
+    s2 = ingest([later], tmp_path / "s", workers=1, max_reject_rate=1.0, vectorized=vectorized)
+    assert (s2.accepted, s2.rejected) == (0, 1)

@@ -11,7 +11,7 @@ Reaction names are free strings: the contract has no reaction vocabulary.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -28,6 +28,7 @@ USER = "user"  # optional users table (retention override)
 KINDS = (CONVERSATION, MESSAGE, REACTION, USER)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH_TEXT = re.compile(r"\d{1,16}(\.\d{1,6})?")
 _MICROSECOND = timedelta(microseconds=1)
 _MIN_TIME_US = 0  # 1970-01-01
 _MAX_TIME_US = 4102444800 * 1_000_000  # 2100-01-01
@@ -116,11 +117,13 @@ def parse_time(value: Any, field: str) -> int:
     """Return microseconds since the Unix epoch (UTC).
 
     Accepts an ISO-8601 string (`2026-01-31T09:30:00Z`, an offset, or naive meaning UTC), epoch
-    seconds as a number, or a `datetime`.
+    seconds as a number or as digits in a string, or a `datetime`.
     """
     if value is None:
         raise _missing(field)
     if type(value) is str:
+        if _EPOCH_TEXT.fullmatch(value):  # CSV cells are text: "1767225600" means epoch seconds
+            return parse_time(float(value) if "." in value else int(value), field)
         try:
             dt = datetime.fromisoformat(value)
         except ValueError:
@@ -175,28 +178,6 @@ def _bool(value: Any, field: str) -> bool:
 def _type_name(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
             float: "a number"}.get(type(value), type(value).__name__)  # fmt: skip
-
-
-_NULL = "\x00"
-
-
-def row_digest(row: tuple) -> str:
-    """md5 of a row's canonical text: fields joined by U+001F, NULL as U+0000, times as epoch µs.
-
-    The vectorized JSONL path computes the same string in SQL (fastpath.py), so a record has one
-    digest whichever path validated it. Same key + same unit digest = duplicate.
-    """
-    parts = []
-    for v in row:
-        if v is None:
-            parts.append(_NULL)
-        elif v is True:
-            parts.append("true")
-        elif v is False:
-            parts.append("false")
-        else:
-            parts.append(v if type(v) is str else str(v))
-    return hashlib.md5("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _extra(record: dict, known: frozenset) -> str | None:

@@ -2,7 +2,7 @@
 
 pyarrow parses a block of lines against the contract's schema (types are enforced by the parser);
 DuckDB then checks every remaining rule of `contract.normalize_conversation` column-wise and builds
-the stored rows, digests included. The vectorized checks are conservative: any line they do not
+the stored rows. The vectorized checks are conservative: any line they do not
 fully clear (and every line of a range pyarrow cannot parse) goes through the reference validator
 in contract.py, which alone decides the verdict and the reject reason. So both paths accept
 exactly the same records and produce the same rows (tests/test_fastpath.py checks this).
@@ -11,15 +11,12 @@ exactly the same records and produce the same rows (tests/test_fastpath.py check
 from __future__ import annotations
 
 import io
-import itertools
 
-import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from .contract import CONVERSATION, ROLES, Limits, _MAX_TIME_US, _MIN_TIME_US
-from .parse import Stager, Task, run_jsonl_lines, unit_digest
+from .parse import Stager, Task, run_jsonl_lines, worker_connection
 
 MIN_RANGE_LINES = 256  # below this a failing range goes line by line
 
@@ -49,15 +46,8 @@ def _any(*conditions: str) -> str:
     return "(" + " OR ".join(f"coalesce({c}, false)" for c in conditions) + ")"
 
 
-_connection: duckdb.DuckDBPyConnection | None = None
-
-
 def run_nested_jsonl(task: Task, stager: Stager, rejects: list[dict], limits: Limits) -> tuple[int, int]:
-    global _connection
-    if _connection is None:  # one single-threaded connection per worker process
-        _connection = duckdb.connect(config={"threads": 1, "memory_limit": "512MB"})
-        _connection.execute("SET TimeZone='UTC'")
-    return _run_range(_connection, task, task.read_block(), task.first_line, stager, rejects, limits)
+    return _run_range(worker_connection(), task, task.read_block(), task.first_line, stager, rejects, limits)
 
 
 def _run_range(con, task: Task, buf: bytes, first_line: int, stager: Stager, rejects: list[dict],
@@ -100,17 +90,15 @@ def _validate_table(con, task: Task, table: pa.Table, first_line: int, stager: S
     else:
         has_extra = pa.nulls(n, pa.bool_())
     con.register("blk", blk.append_column("has_extra", has_extra))
-    idmax, roles, nul = limits.max_id_chars, ", ".join(f"'{r}'" for r in sorted(ROLES)), "chr(0)"
-    # One pass over the turns: defaults, parsed time, the row's flag and its digest (contract.row_digest).
+    idmax, roles = limits.max_id_chars, ", ".join(f"'{r}'" for r in sorted(ROLES))
+    # One pass over the turns: defaults, parsed time and the row's flag.
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE m AS
         SELECT r, turn_index, message_id, cid AS conversation_id, parent_id, uid AS user_id, role, text, time,
                policy, category, reactions, parent_raw,
                {_any("mid_raw = ''", f"strlen(mid_raw) > {idmax}", f"strlen(parent_raw) > {idmax}",
                      f"role IS NULL OR role NOT IN ({roles})", "text IS NULL", f"strlen(text) > {limits.max_text_chars}",
-                     _bad_time("time"), f"len(reactions) > {limits.max_reactions}")} AS bad,
-               md5(concat_ws(chr(31), message_id, cid, coalesce(parent_id, {nul}), turn_index, uid, role, text,
-                             epoch_us(time), coalesce(policy, {nul}), coalesce(category, {nul}), {nul})) AS row_digest
+                     _bad_time("time"), f"len(reactions) > {limits.max_reactions}")} AS bad
         FROM (
             SELECT r, i - 1 AS turn_index, cid, uid, category, policy, t.message_id AS mid_raw,
                    coalesce(t.message_id, cid || ':' || (i - 1)) AS message_id, t.parent_id AS parent_raw,
@@ -126,8 +114,6 @@ def _validate_table(con, task: Task, table: pa.Table, first_line: int, stager: S
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE x AS
         SELECT r, message_id, user_id, name AS reaction, action, time, bad,
-               md5(concat_ws(chr(31), message_id, user_id, name, action, epoch_us(time),
-                             row_number() OVER (PARTITION BY r ORDER BY turn_index, j) - 1)) AS row_digest,
                row_number() OVER (PARTITION BY r ORDER BY turn_index, j) - 1 AS seq
         FROM (SELECT r, turn_index, j, message_id, coalesce(u.user_id, uid) AS user_id, u.name AS name,
                      coalesce(nullif(u.action, ''), 'add') AS action, {_ts('u.time')} AS time,
@@ -163,21 +149,23 @@ def _validate_table(con, task: Task, table: pa.Table, first_line: int, stager: S
     lineage = (f"{task.batch_no} AS batch_no, '{_sql_str(task.path)}' AS source_file, {first_line} + r AS source_line, "
                f"{task.task_id} AS block")  # fmt: skip
     conv = con.sql(f"""
-        SELECT conversation_id, user_id, started_at, category, policy, n_turns, NULL AS extra,
-               md5(concat_ws(chr(31), conversation_id, user_id, epoch_us(started_at), coalesce(category, {nul}),
-                             coalesce(policy, {nul}), n_turns, {nul})) AS row_digest, {lineage}
+        SELECT conversation_id, user_id, started_at, category, policy, n_turns, NULL AS extra, {lineage}
         FROM c {keep} ORDER BY r""").to_arrow_table()  # fmt: skip
     msgs = con.sql(f"""
         SELECT message_id, conversation_id, parent_id, turn_index, user_id, role, text, time, policy, category,
-               NULL AS extra, row_digest, {lineage}
-        FROM m {keep} ORDER BY r, turn_index""").to_arrow_table()  # fmt: skip
+               NULL AS extra, {lineage}
+        FROM m {keep}""").to_arrow_table()  # fmt: skip
     reacts = con.sql(f"""
-        SELECT message_id, user_id, reaction, action, time, seq, row_digest, {lineage}
+        SELECT message_id, user_id, reaction, action, time, seq, {lineage}
         FROM x {keep} ORDER BY r, seq""").to_arrow_table()  # fmt: skip
     stager.add_arrow("conversations", conv)
     stager.add_arrow("messages", msgs)
     stager.add_arrow("reaction_events", reacts)
-    stager.add_arrow("units", _units(task, conv, msgs, reacts))
+    stager.add_arrow("units", pa.table({
+        "block": pa.array([task.task_id] * conv.num_rows, pa.int32()), "line": conv.column("source_line"),
+        "kind": pa.array([CONVERSATION] * conv.num_rows, pa.string()), "key": conv.column("conversation_id")}))  # fmt: skip
+    stager.add_arrow("message_keys", con.sql(f"""
+        SELECT {task.task_id} AS block, {first_line} + r AS line, hash(message_id) AS h FROM m {keep}""").to_arrow_table())
     stager.add_arrow("external_parents", con.sql(f"""
         SELECT {task.task_id} AS block, {first_line} + m.r AS line, m.message_id, m.parent_id
         FROM m WHERE parent_raw IS NOT NULL AND parent_raw <> '' {keep.replace('WHERE', 'AND')}
@@ -186,26 +174,6 @@ def _validate_table(con, task: Task, table: pa.Table, first_line: int, stager: S
     if flagged:
         con.unregister("flagged")
     return flagged
-
-
-def _units(task: Task, conv: pa.Table, msgs: pa.Table, reacts: pa.Table) -> pa.Table:
-    """One unit per staged conversation, its digest as parse.unit_digest computes it."""
-    lines = conv.column("source_line").to_pylist()
-    # Messages are ordered by (conversation, turn): concatenate each conversation's digests in Arrow.
-    offsets = pa.array([0, *itertools.accumulate(conv.column("n_turns").to_pylist())], pa.int32())
-    per_conv = pc.binary_join(pa.ListArray.from_arrays(offsets, msgs.column("row_digest").combine_chunks()), "")
-    react_parts: dict[int, list[str]] = {}
-    for line, d in zip(reacts.column("source_line").to_pylist(), reacts.column("row_digest").to_pylist()):
-        react_parts.setdefault(line, []).append(d)
-    digests = [unit_digest([c, m, "".join(react_parts.get(line, ())), ""])
-               for line, c, m in zip(lines, conv.column("row_digest").to_pylist(), per_conv.to_pylist())]  # fmt: skip
-    return pa.table({
-        "block": pa.array([task.task_id] * len(lines), pa.int32()),
-        "line": pa.array(lines, pa.int64()),
-        "kind": pa.array([CONVERSATION] * len(lines), pa.string()),
-        "key": conv.column("conversation_id"),
-        "digest": pa.array(digests, pa.string()),
-    })  # fmt: skip
 
 
 def _sql_str(s: str) -> str:

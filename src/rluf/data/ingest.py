@@ -185,6 +185,7 @@ class IngestSummary:
     reject_rate: float = 0.0
     max_reject_rate: float = 0.01
     seconds: float = 0.0
+    timings: dict = dataclasses.field(default_factory=dict)  # seconds per stage: parse, check, commit
     rejects_file: str = ""
     reasons: dict = dataclasses.field(default_factory=dict)
 
@@ -231,7 +232,9 @@ def ingest(
         summary = IngestSummary(batch_id, batch_no, len(planned), max_reject_rate=max_reject_rate,
                                 rejects_file=str(store.rejects_path))  # fmt: skip
         try:
+            t = time.perf_counter()
             results, tasks = _parse_all(planned, batch_no, str(staging), limits, workers, vectorized, progress)
+            summary.timings["parse"] = round(time.perf_counter() - t, 3)
             _merge_and_commit(store, manifest, results, tasks, summary, staging, memory_limit, workers)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -287,8 +290,10 @@ def _merge_and_commit(store: Store, manifest: dict, results: list[TaskResult], t
     summary.blank_lines = sum(r.blank for r in results)
     summary.vectorized = sum(r.vectorized for r in results)
     con = merge.connect(staging, memory_limit, workers)
+    t = time.perf_counter()
     try:
         counts, stage2_rejects = merge.decide(con, store, results, tasks)
+        summary.timings["check"] = round(time.perf_counter() - t, 3)
         rejects = [rej for r in results for rej in r.rejects] + stage2_rejects
         summary.duplicate = counts.get("duplicate", 0)
         summary.accepted = counts.get("accepted", 0)
@@ -305,10 +310,12 @@ def _merge_and_commit(store: Store, manifest: dict, results: list[TaskResult], t
         _append_rejects(store, summary, rejects, commit)
         if not commit:
             return
+        t = time.perf_counter()
         merge.register_sources(con, tasks)
         files = merge.commit(con, store, results, summary.batch_no)
     finally:
         con.close()
+    summary.timings["commit"] = round(time.perf_counter() - t, 3)
     rows = merge.count_rows(store, files)
     for table, n in rows.items():
         setattr(summary, table, n)

@@ -17,8 +17,8 @@ import pyarrow as pa
 from .parse import DATA_TABLES, SCHEMAS, Task, TaskResult, reject
 from .store import Store, _sql_list
 
-CONFLICT_STORED = ("id already in the store with different content; give the new record its own id, "
-                   "or correct the stored one at its source")  # fmt: skip
+CONFLICT_STORED = ("id already in the store with different content; a stored record is never changed: send late "
+                   "reactions as flat reaction events, or give the new record its own id")  # fmt: skip
 CONFLICT_BATCH = "id appears earlier in this batch with different content; ids must be unique"
 
 
@@ -34,9 +34,10 @@ def connect(staging: Path, memory_limit: str, threads: int | None) -> duckdb.Duc
 def decide(con, store: Store, results: list[TaskResult], tasks: dict[int, Task]) -> tuple[dict[str, int], list[dict]]:
     """Classify every staged unit; return status counts and the rejects of this stage."""
     for table, cols, empty in (
-        ("ledger", "kind, key, digest, batch_no", "''::VARCHAR kind, ''::VARCHAR key, ''::VARCHAR digest, 0 batch_no"),
+        ("ledger", "kind, key, batch_no, block, source_line",
+         "''::VARCHAR kind, ''::VARCHAR key, 0 batch_no, 0 block, 0::BIGINT source_line"),
         ("messages", "message_id, time", "''::VARCHAR message_id, TIMESTAMPTZ '2000-01-01' time"),
-    ):
+    ):  # fmt: skip
         files = store.table_files(table)
         source = f"read_parquet({_sql_list(files)})" if files else f"(SELECT {empty}) WHERE false"
         con.execute(f"CREATE OR REPLACE VIEW stored_{table} AS SELECT {cols} FROM {source}")
@@ -48,47 +49,62 @@ def decide(con, store: Store, results: list[TaskResult], tasks: dict[int, Task])
             con.register(f"empty_{table}", schema.empty_table())
             con.execute(f"CREATE OR REPLACE VIEW s_{table} AS SELECT * FROM empty_{table}")
 
-    # Identity: (kind, key). Users rows are upserts: only an unchanged row is a duplicate.
-    con.execute(f"""
+    # Identity: (kind, key). A new identity is accepted; a known one is compared by content with
+    # its reference (the stored record, else the first in this batch; for users rows, which are
+    # upserts, the latest version). Content digests are computed only for those comparisons.
+    con.execute("""
         CREATE OR REPLACE TEMP TABLE decided AS
-        WITH last_stored AS (
-            SELECT kind, key, arg_max(digest, batch_no) AS digest FROM stored_ledger GROUP BY kind, key),
+        WITH stored AS (
+            SELECT kind, key, arg_max(batch_no, batch_no) AS sb, arg_max(block, batch_no) AS sk,
+                   arg_max(source_line, batch_no) AS sl
+            FROM stored_ledger GROUP BY kind, key),
         ranked AS (
-            SELECT u.block, u.line, u.kind, u.key, u.digest, s.digest AS stored_digest,
-                   row_number() OVER w AS occurrence, first_value(u.digest) OVER w AS first_digest,
-                   lag(u.digest) OVER w AS previous_digest
-            FROM s_units u LEFT JOIN last_stored s ON s.kind = u.kind AND s.key = u.key
+            SELECT u.block, u.line, u.kind, u.key, s.sb, s.sk, s.sl,
+                   row_number() OVER w AS occurrence,
+                   first_value(u.block) OVER w AS fb, first_value(u.line) OVER w AS fl,
+                   lag(u.block) OVER w AS pb, lag(u.line) OVER w AS pl
+            FROM s_units u LEFT JOIN stored s ON s.kind = u.kind AND s.key = u.key
             WINDOW w AS (PARTITION BY u.kind, u.key ORDER BY u.block, u.line))
-        SELECT block, line, kind, key, digest,
-            CASE
-              WHEN kind = 'user' THEN
-                CASE WHEN coalesce(previous_digest, stored_digest) = digest THEN 'duplicate' ELSE 'accepted' END
-              WHEN stored_digest = digest THEN 'duplicate'
-              WHEN stored_digest IS NOT NULL THEN 'rejected'
-              WHEN occurrence > 1 AND first_digest = digest THEN 'duplicate'
-              WHEN occurrence > 1 THEN 'rejected'
-              ELSE 'accepted' END AS status,
-            CASE WHEN kind = 'conversation' THEN 'conversation_id' WHEN kind = 'user' THEN 'user_id'
-                 WHEN kind = 'message' THEN 'message_id' ELSE '<record>' END AS field,
-            CASE WHEN stored_digest IS NOT NULL THEN '{CONFLICT_STORED}' ELSE '{CONFLICT_BATCH}' END AS reason
+        SELECT block, line, kind, key,
+            CASE WHEN sb IS NULL AND occurrence = 1 THEN 'accepted'
+                 WHEN kind = 'reaction' THEN 'duplicate'  -- the key is the whole event
+                 ELSE 'compare' END AS status,
+            -- the reference: in this batch (ref_batch NULL) or stored
+            CASE WHEN kind = 'user' AND occurrence > 1 THEN NULL WHEN sb IS NOT NULL THEN sb END AS ref_batch,
+            CASE WHEN kind = 'user' AND occurrence > 1 THEN pb WHEN sb IS NOT NULL THEN sk ELSE fb END AS ref_block,
+            CASE WHEN kind = 'user' AND occurrence > 1 THEN pl WHEN sb IS NOT NULL THEN sl ELSE fl END AS ref_line,
+            CAST(NULL AS VARCHAR) AS field, CAST(NULL AS VARCHAR) AS reason
         FROM ranked
     """)
+    if con.execute("SELECT count(*) FROM decided WHERE status = 'compare'").fetchone()[0]:
+        _compare_contents(con, store)
     con.execute("UPDATE decided SET field = NULL, reason = NULL WHERE status <> 'rejected'")
     con.execute("CREATE OR REPLACE TEMP VIEW accepted AS SELECT block, line FROM decided WHERE status = 'accepted'")
 
-    # A message id may belong to one record only (nested ids can collide with flat ones).
-    _reject_where(con, "message_id", """
-        WITH am AS (SELECT m.message_id, m.block, m.source_line AS line FROM s_messages m
-                    SEMI JOIN accepted a ON a.block = m.block AND a.line = m.source_line),
-        twice AS (SELECT message_id, min(block * 4294967296 + line) AS first FROM am GROUP BY message_id HAVING count(*) > 1)
-        SELECT am.block, am.line, 'message id ' || am.message_id || ' is used by an earlier record in this batch' AS reason
-        FROM am JOIN twice t USING (message_id) WHERE am.block * 4294967296 + am.line > t.first
-        UNION ALL
-        SELECT am.block, am.line, 'message id ' || am.message_id || ' already exists in the store' AS reason
-        FROM am SEMI JOIN stored_messages s ON s.message_id = am.message_id
-    """)
+    # A message id may belong to one record only (nested ids can collide with flat ones). Group the
+    # ids' hashes; compare the strings only where hashes repeat.
+    n_repeated = con.execute("""
+        CREATE OR REPLACE TEMP TABLE repeated AS
+        SELECT DISTINCT k.block, k.line FROM s_message_keys k SEMI JOIN accepted a ON a.block = k.block AND a.line = k.line
+        WHERE k.h IN (SELECT h FROM s_message_keys GROUP BY h HAVING count(*) > 1)
+    """).fetchone()[0]
+    if n_repeated:
+        _reject_where(con, "message_id", """
+            WITH am AS (SELECT m.message_id, m.block, m.source_line AS line FROM s_messages m
+                        SEMI JOIN repeated a ON a.block = m.block AND a.line = m.source_line),
+            twice AS (SELECT message_id, min(block * 4294967296 + line) AS first FROM am GROUP BY message_id HAVING count(*) > 1)
+            SELECT am.block, am.line, 'message id ' || am.message_id || ' is used by an earlier record in this batch' AS reason
+            FROM am JOIN twice t USING (message_id) WHERE am.block * 4294967296 + am.line > t.first
+        """)
+    if store.table_files("messages"):
+        _reject_where(con, "message_id", """
+            SELECT m.block, m.source_line AS line, 'message id ' || m.message_id || ' already exists in the store' AS reason
+            FROM s_messages m SEMI JOIN accepted a ON a.block = m.block AND a.line = m.source_line
+            SEMI JOIN stored_messages s ON s.message_id = m.message_id
+        """)
     # Parents outside their own record must exist; repeat, as a rejected parent orphans its children.
-    for _ in range(64):
+    has_external = con.execute("SELECT count(*) FROM s_external_parents").fetchone()[0] > 0
+    for _ in range(64 if has_external else 0):
         n = _reject_where(con, "parent_id", """
             SELECT p.block, p.line, 'parent_id ' || p.parent_id || ' is not a known message; ingest the parent first' AS reason
             FROM s_external_parents p SEMI JOIN accepted a ON a.block = p.block AND a.line = p.line
@@ -99,7 +115,8 @@ def decide(con, store: Store, results: list[TaskResult], tasks: dict[int, Task])
         if not n:
             break
     # Flat reaction events: their message must exist and be no later than the reaction.
-    _reject_where(con, "CASE WHEN k.message_id IS NULL THEN 'message_id' ELSE 'time' END", """
+    if con.execute("SELECT count(*) FROM decided WHERE kind = 'reaction'").fetchone()[0]:
+        _reject_where(con, "CASE WHEN k.message_id IS NULL THEN 'message_id' ELSE 'time' END", """
         WITH rx AS (SELECT r.* FROM s_reaction_events r
                     JOIN decided d ON d.block = r.block AND d.line = r.source_line
                     WHERE d.status = 'accepted' AND d.kind = 'reaction'),
@@ -121,6 +138,71 @@ def decide(con, store: Store, results: list[TaskResult], tasks: dict[int, Task])
     counts = dict(con.execute("SELECT status, count(*) FROM decided GROUP BY status").fetchall())
     rows = con.execute("SELECT block, line, field, reason FROM decided WHERE status = 'rejected' ORDER BY block, line").fetchall()
     return counts, [reject(tasks[b], line, field, reason, None) for b, line, field, reason in rows]
+
+
+def _digests(con, tables: dict[str, str], keys: str, key_cols: tuple[str, str, str]) -> str:
+    """SQL for (k1, k2, k3, digest) of the units listed in `keys`, read from `tables` (staged or stored).
+
+    A unit's digest covers every stored field of its rows, in order; lineage is left out.
+    """
+    b, k, l = key_cols
+    nul = "chr(0)"
+    canon = {
+        "conversations": f"concat_ws(chr(31), conversation_id, user_id, epoch_us(started_at), coalesce(category, {nul}), "
+                         f"coalesce(policy, {nul}), n_turns, coalesce(extra, {nul}))",
+        "messages": f"concat_ws(chr(31), message_id, conversation_id, coalesce(parent_id, {nul}), "
+                    f"coalesce(turn_index::VARCHAR, {nul}), user_id, role, text, epoch_us(time), coalesce(policy, {nul}), "
+                    f"coalesce(category, {nul}), coalesce(extra, {nul}))",
+        "reaction_events": "concat_ws(chr(31), message_id, user_id, reaction, action, epoch_us(time), seq)",
+        "user_overrides": "concat_ws(chr(31), user_id, retained)",
+    }  # fmt: skip
+    order = {"conversations": "conversation_id", "messages": "turn_index, message_id", "reaction_events": "seq",
+             "user_overrides": "user_id"}  # fmt: skip
+    parts = []
+    for table, expr in canon.items():
+        parts.append(f"""
+            SELECT t.{b} AS k1, t.{k} AS k2, t.{l} AS k3, '{table}' AS part,
+                   md5(string_agg({expr}, chr(30) ORDER BY {order[table]})) AS d
+            FROM {tables[table]} t SEMI JOIN {keys} q ON q.k1 IS NOT DISTINCT FROM t.{b} AND q.k2 = t.{k} AND q.k3 = t.{l}
+            GROUP BY ALL""")  # fmt: skip
+    return f"""
+        SELECT k1, k2, k3, md5(string_agg(part || ':' || d, '|' ORDER BY part)) AS digest
+        FROM ({' UNION ALL '.join(parts)}) GROUP BY k1, k2, k3"""
+
+
+def _compare_contents(con, store: Store) -> None:
+    """Settle 'compare' units: same content as the reference -> duplicate, else conflict (users: update)."""
+    staged = {t: f"s_{t}" for t in DATA_TABLES}
+    stored = {}
+    for t in DATA_TABLES:
+        files = store.table_files(t)
+        stored[t] = f"read_parquet({_sql_list(files)})" if files else f"(SELECT * FROM s_{t} WHERE false)"
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE cmp_self AS
+        SELECT DISTINCT NULL::INTEGER AS k1, block AS k2, line AS k3 FROM decided WHERE status = 'compare'
+        UNION SELECT DISTINCT NULL::INTEGER, ref_block, ref_line FROM decided WHERE status = 'compare' AND ref_batch IS NULL""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE cmp_stored AS
+        SELECT DISTINCT ref_batch AS k1, ref_block AS k2, ref_line AS k3 FROM decided
+        WHERE status = 'compare' AND ref_batch IS NOT NULL""")
+    staged_sql = _digests(con, {t: f"(SELECT NULL::INTEGER AS nb, * FROM {v})" for t, v in staged.items()},
+                          "cmp_self", ("nb", "block", "source_line"))  # fmt: skip
+    stored_sql = _digests(con, stored, "cmp_stored", ("batch_no", "block", "source_line"))
+    con.execute(f"CREATE OR REPLACE TEMP TABLE dig AS {staged_sql} UNION ALL {stored_sql}")
+    con.execute(f"""
+        UPDATE decided d SET
+            status = CASE WHEN mine.digest = ref.digest THEN 'duplicate' WHEN d.kind = 'user' THEN 'accepted'
+                          ELSE 'rejected' END,
+            field = CASE d.kind WHEN 'conversation' THEN 'conversation_id' WHEN 'message' THEN 'message_id'
+                                ELSE 'user_id' END,
+            reason = CASE WHEN d.ref_batch IS NOT NULL THEN '{CONFLICT_STORED}' ELSE '{CONFLICT_BATCH}' END
+        FROM dig mine, dig ref
+        WHERE d.status = 'compare' AND mine.k1 IS NULL AND mine.k2 = d.block AND mine.k3 = d.line
+          AND ref.k1 IS NOT DISTINCT FROM d.ref_batch AND ref.k2 = d.ref_block AND ref.k3 = d.ref_line
+    """)
+    left = con.execute("SELECT count(*) FROM decided WHERE status = 'compare'").fetchone()[0]
+    if left:  # every unit has rows, so every compared unit has a digest
+        raise RuntimeError(f"{left} records could not be compared with their earlier version")
 
 
 def _reject_where(con, field: str, query: str, field_from_query: bool = False) -> int:
@@ -163,7 +245,7 @@ def commit(con, store: Store, results: list[TaskResult], batch_no: int) -> dict[
     ledger = store.root / "tables" / "ledger" / f"batch-{batch_no:06d}.parquet"
     ledger.parent.mkdir(parents=True, exist_ok=True)
     n = con.execute(f"""
-        COPY (SELECT kind, key, digest, {batch_no} AS batch_no, u.source_file, d.line AS source_line
+        COPY (SELECT kind, key, {batch_no} AS batch_no, d.block, u.source_file, d.line AS source_line
               FROM decided d JOIN (SELECT DISTINCT block, source_file FROM task_sources) u USING (block)
               WHERE d.status = 'accepted' ORDER BY d.block, d.line)
         TO '{ledger}' (FORMAT parquet, COMPRESSION zstd)""").fetchone()[0]  # fmt: skip

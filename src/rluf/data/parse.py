@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import os
 from typing import Callable
 
@@ -20,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import contract, importers
-from .contract import CONVERSATION, Limits, RecordError, Unit, row_digest
+from .contract import CONVERSATION, Limits, RecordError, Unit
 
 RAW_KEEP_CHARS = 65_536  # how much of a rejected record's raw text the rejects file keeps
 
@@ -29,26 +28,27 @@ _TS = pa.timestamp("us", "UTC")
 SCHEMAS = {
     "conversations": pa.schema([
         ("conversation_id", pa.string()), ("user_id", pa.string()), ("started_at", _TS), ("category", pa.string()),
-        ("policy", pa.string()), ("n_turns", pa.int32()), ("extra", pa.string()), ("row_digest", pa.string()),
+        ("policy", pa.string()), ("n_turns", pa.int32()), ("extra", pa.string()),
         *_LINEAGE]),  # fmt: skip
     "messages": pa.schema([
         ("message_id", pa.string()), ("conversation_id", pa.string()), ("parent_id", pa.string()),
         ("turn_index", pa.int32()), ("user_id", pa.string()), ("role", pa.string()), ("text", pa.string()),
         ("time", _TS), ("policy", pa.string()), ("category", pa.string()), ("extra", pa.string()),
-        ("row_digest", pa.string()), *_LINEAGE]),  # fmt: skip
+        *_LINEAGE]),  # fmt: skip
     "reaction_events": pa.schema([
         ("message_id", pa.string()), ("user_id", pa.string()), ("reaction", pa.string()), ("action", pa.string()),
-        ("time", _TS), ("seq", pa.int32()), ("row_digest", pa.string()), *_LINEAGE]),  # fmt: skip
-    "user_overrides": pa.schema([("user_id", pa.string()), ("retained", pa.bool_()), ("row_digest", pa.string()),
-                                 *_LINEAGE]),  # fmt: skip
+        ("time", _TS), ("seq", pa.int32()), *_LINEAGE]),  # fmt: skip
+    "user_overrides": pa.schema([("user_id", pa.string()), ("retained", pa.bool_()), *_LINEAGE]),
     # Side tables for the merge stage, never stored:
-    "units": pa.schema([("block", pa.int32()), ("line", pa.int64()), ("kind", pa.string()), ("key", pa.string()),
-                        ("digest", pa.string())]),  # fmt: skip
+    "units": pa.schema([("block", pa.int32()), ("line", pa.int64()), ("kind", pa.string()), ("key", pa.string())]),
     "external_parents": pa.schema([("block", pa.int32()), ("line", pa.int64()), ("message_id", pa.string()),
                                    ("parent_id", pa.string())]),  # fmt: skip
+    # DuckDB hash() of every staged message id: the batch-wide uniqueness check groups these
+    # integers instead of the strings (only meaningful within one batch, never stored).
+    "message_keys": pa.schema([("block", pa.int32()), ("line", pa.int64()), ("h", pa.uint64())]),
 }
 _DICTIONARY_COLUMNS = {"role", "policy", "category", "reaction", "action", "kind", "source_file", "batch_no", "block"}
-_FREE_TEXT_COLUMNS = {"text", "extra", "row_digest", "digest"}
+_FREE_TEXT_COLUMNS = {"text", "extra"}
 DATA_TABLES = ("conversations", "messages", "reaction_events", "user_overrides")
 _UNIT_ATTR = {"conversations": "conversations", "messages": "messages", "reaction_events": "reactions",
               "user_overrides": "users"}  # fmt: skip
@@ -105,14 +105,9 @@ class Stager:
     def add(self, unit: Unit, line: int) -> None:
         t = self.task
         lineage = (t.batch_no, t.path, line, t.task_id)
-        parts = []
         for table, attr in _UNIT_ATTR.items():
-            digests = []
-            for r in getattr(unit, attr):
-                digests.append(row_digest(r))
-                self.rows[table].append(r + (digests[-1],) + lineage)
-            parts.append("".join(digests))
-        self.rows["units"].append((t.task_id, line, unit.kind, unit.key, unit_digest(parts)))
+            self.rows[table].extend(r + lineage for r in getattr(unit, attr))
+        self.rows["units"].append((t.task_id, line, unit.kind, unit.key))
         own = {m[0] for m in unit.messages} if len(unit.messages) > 1 else ()
         for m in unit.messages:
             if m[2] is not None and m[2] not in own:
@@ -144,7 +139,12 @@ class Stager:
             if rows:
                 schema = SCHEMAS[table]
                 arrays = [pa.array(col, type=f.type) for col, f in zip(zip(*rows), schema)]
-                self._writer(table).write_table(pa.Table.from_arrays(arrays, schema=schema))
+                data = pa.Table.from_arrays(arrays, schema=schema)
+                self._writer(table).write_table(data)
+                if table == "messages":
+                    keys = worker_connection().from_arrow(data).project(
+                        "block, source_line AS line, hash(message_id) AS h").to_arrow_table()  # fmt: skip
+                    self._writer("message_keys").write_table(keys.cast(SCHEMAS["message_keys"]))
                 rows.clear()
 
     def close(self) -> dict[str, str]:
@@ -154,9 +154,18 @@ class Stager:
         return {t: f"{self.base}-{t}.parquet" for t in self.writers}
 
 
-def unit_digest(parts: list[str]) -> str:
-    """A unit's digest: md5 over its row digests, table by table (conversations, messages, reactions, users)."""
-    return hashlib.md5("|".join(parts).encode()).hexdigest()
+_connection = None
+
+
+def worker_connection():
+    """One single-threaded DuckDB connection per worker process."""
+    global _connection
+    if _connection is None:
+        import duckdb
+
+        _connection = duckdb.connect(config={"threads": 1, "memory_limit": "512MB"})
+        _connection.execute("SET TimeZone='UTC'")
+    return _connection
 
 
 def reject(task: Task, line: int, field: str, reason: str, raw: str | None) -> dict:

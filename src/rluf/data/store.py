@@ -3,14 +3,14 @@
 Layout of a store directory DIR:
 
     DIR/manifest.json                 committed batches and their files (the source of truth)
-    DIR/tables/<table>/batch-NNNNNN.parquet
+    DIR/tables/<table>/batch-NNNNNN[-block-NNNNNNN].parquet
     DIR/rejects.jsonl                 every rejected record of every batch, appended
     DIR/.lock                         held while an ingest writes
 
 Stored tables: `conversations`, `messages`, `reaction_events` (every add/remove as logged),
 `user_overrides` (the optional users table) and `ledger` (one row per accepted record: the identity
-used to make re-ingest idempotent). Views computed on read: `reactions` (resolved, last action wins),
-`users` (first/last seen, derived and overridden retention) and `conversation_summary`.
+used to make re-ingest idempotent). Views computed on read: `reactions` (resolved, last action wins)
+and `users` (first/last seen, derived and overridden retention).
 
     from rluf.data.store import Store
     con = Store("runs/demo/store").connect()
@@ -120,7 +120,7 @@ def _sql_list(items: list[str]) -> str:
     return "[" + ", ".join("'" + s.replace("'", "''") + "'" for s in items) + "]"
 
 
-_LINEAGE = "''::VARCHAR AS row_digest, 0::INTEGER AS batch_no, ''::VARCHAR AS source_file, 0::BIGINT AS source_line, 0::INTEGER AS block"
+_LINEAGE = "0::INTEGER AS batch_no, ''::VARCHAR AS source_file, 0::BIGINT AS source_line, 0::INTEGER AS block"
 EMPTY = {
     "conversations": "SELECT ''::VARCHAR conversation_id, ''::VARCHAR user_id, TIMESTAMPTZ '2000-01-01' started_at, "
     "''::VARCHAR category, ''::VARCHAR policy, 0::INTEGER n_turns, ''::VARCHAR extra, " + _LINEAGE,
@@ -130,7 +130,7 @@ EMPTY = {
     "reaction_events": "SELECT ''::VARCHAR message_id, ''::VARCHAR user_id, ''::VARCHAR reaction, ''::VARCHAR action, "
     "TIMESTAMPTZ '2000-01-01' time, 0::INTEGER seq, " + _LINEAGE,
     "user_overrides": "SELECT ''::VARCHAR user_id, false retained, " + _LINEAGE,
-    "ledger": "SELECT ''::VARCHAR kind, ''::VARCHAR key, ''::VARCHAR digest, 0::INTEGER AS batch_no, "
+    "ledger": "SELECT ''::VARCHAR kind, ''::VARCHAR key, 0::INTEGER AS batch_no, 0::INTEGER AS block, "
     "''::VARCHAR AS source_file, 0::BIGINT AS source_line",
 }
 
