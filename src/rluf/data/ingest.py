@@ -103,16 +103,24 @@ _KIND_ORDER = {CONVERSATION: 0, MESSAGE: 0, importers.OASST: 0, importers.OASST_
                REACTION: 1, USER: 1}  # fmt: skip
 
 
-def plan_files(paths: Iterable[str | os.PathLike], fmt: str = "auto", kind: str | None = None) -> list[tuple[Path, str, str | None]]:
-    """Expand directories, check every file exists, and decide format and layout of each."""
+def plan_files(paths: Iterable[str | os.PathLike], fmt: str = "auto", kind: str | None = None,
+               store_dir: str | os.PathLike | None = None) -> list[tuple[Path, str, str | None]]:  # fmt: skip
+    """Expand directories, check every file exists, and decide format and layout of each.
+
+    Files inside `store_dir` are never input: a directory that holds the store is read without it.
+    """
     if fmt not in ALL_FORMATS:
         raise IngestError(f"unknown format {fmt!r}; choose one of {', '.join(ALL_FORMATS)}")
     if kind is not None and kind not in contract.KINDS:
         raise IngestError(f"unknown layout {kind!r}; choose one of {', '.join(contract.KINDS)}")
+    store = Path(store_dir).resolve() if store_dir is not None else None
     files: list[Path] = []
     for p in map(Path, paths):
+        if store is not None and p.resolve().is_relative_to(store):
+            raise IngestError(f"{p} is inside the store {store_dir}; give the logs, not the store")
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in SUFFIXES)
+            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in SUFFIXES
+                           and not (store is not None and q.resolve().is_relative_to(store)))  # fmt: skip
             if not found:
                 raise IngestError(f"{p}: directory holds no .jsonl, .json, .parquet or .csv file")
             files.extend(found)
@@ -221,7 +229,7 @@ def ingest(
     if not 0.0 <= max_reject_rate <= 1.0:
         raise IngestError(f"--max-reject-rate must be between 0 and 1, got {max_reject_rate}")
     t0 = time.perf_counter()
-    planned = plan_files(paths, fmt, kind)
+    planned = plan_files(paths, fmt, kind, store_dir)
     store = Store(store_dir)
     with store.lock():
         manifest = store.manifest()

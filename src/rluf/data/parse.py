@@ -128,7 +128,7 @@ class Stager:
         if table not in self.writers:
             schema = SCHEMAS[table]
             self.writers[table] = pq.ParquetWriter(
-                f"{self.base}-{table}.parquet", schema, compression="zstd", compression_level=1,
+                f"{self.base}-{table}.parquet", schema, compression="snappy",
                 use_dictionary=[n for n in schema.names if n in _DICTIONARY_COLUMNS],
                 write_statistics=[n for n in schema.names if n not in _FREE_TEXT_COLUMNS],
             )  # fmt: skip
