@@ -50,14 +50,21 @@ class IngestError(RuntimeError):
 # ======================================================================= planning
 
 
+SNIFF_LINES = 1000  # how many leading lines may be unreadable before a file's layout is unknown
+
+
 def _first_record(path: Path) -> object | None:
+    """The first record among the leading lines whose layout or public format is recognisable."""
     with open(path, "rb") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    return orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    return None
+        for _, line in zip(range(SNIFF_LINES), f):
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if contract.detect_kind(record) or importers.detect_format(record):
+                return record
     return None
 
 
