@@ -83,10 +83,11 @@ def decide(con, store: Store, results: list[TaskResult], tasks: dict[int, Task])
 
     # A message id may belong to one record only (nested ids can collide with flat ones). Group the
     # ids' hashes; compare the strings only where hashes repeat.
-    n_repeated = con.execute("""
+    con.execute("CREATE OR REPLACE TEMP TABLE repeated_h AS SELECT h FROM s_message_keys GROUP BY h HAVING count(*) > 1")
+    n_repeated = con.execute("SELECT count(*) FROM repeated_h").fetchone()[0] and con.execute("""
         CREATE OR REPLACE TEMP TABLE repeated AS
-        SELECT DISTINCT k.block, k.line FROM s_message_keys k SEMI JOIN accepted a ON a.block = k.block AND a.line = k.line
-        WHERE k.h IN (SELECT h FROM s_message_keys GROUP BY h HAVING count(*) > 1)
+        SELECT DISTINCT k.block, k.line FROM s_message_keys k SEMI JOIN repeated_h USING (h)
+        SEMI JOIN accepted a ON a.block = k.block AND a.line = k.line
     """).fetchone()[0]
     if n_repeated:
         _reject_where(con, "message_id", """
