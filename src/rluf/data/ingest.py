@@ -281,7 +281,10 @@ def _parse_all(planned, batch_no: int, staging: str, limits: Limits, workers: in
             tasks[task.task_id] = task
             finished(task, run_task(task, staging, limits, vectorized))
     else:
-        ctx = multiprocessing.get_context("spawn")
+        # A fresh server process imports the parsing code once; workers fork from it (safe even when
+        # the caller has threads, and cheaper than a spawn per worker).
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["rluf.data.parse", "rluf.data.fastpath"])
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             pending: deque = deque()
             for task in iter_tasks(planned, batch_no):
