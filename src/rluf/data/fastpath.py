@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from .contract import CONVERSATION, ROLES, Limits, _MAX_TIME_US, _MIN_TIME_US
@@ -83,7 +84,17 @@ def _validate_table(con, task: Task, table: pa.Table, first_line: int, stager: S
     """Stage every row the vectorized checks clear; return the row indices they do not."""
     n = table.num_rows
     extras = [name for name in table.schema.names if name not in SCHEMA.names]
-    blk = table.select(SCHEMA.names).append_column("r", pa.array(range(n), pa.int64()))
+    # DuckDB sees the turns without their texts (only their byte lengths): the texts, the bulk of
+    # the data, go from the parsed Arrow column to the staged file untouched.
+    turns = table.column("turns").combine_chunks()
+    flat = turns.flatten()
+    texts = flat.field("text")
+    slim = pa.StructArray.from_arrays(
+        [flat.field(f) for f in ("message_id", "parent_id", "role", "time", "reactions")] + [pc.binary_length(texts)],
+        names=["message_id", "parent_id", "role", "time", "reactions", "text_bytes"])
+    slim_turns = pa.ListArray.from_arrays(turns.offsets, slim, mask=turns.is_null())
+    blk = table.select(["conversation_id", "user_id", "started_at", "category", "policy"]).append_column(
+        "turns", slim_turns).append_column("r", pa.array(range(n), pa.int64()))  # fmt: skip
     if extras:
         has_extra = con.from_arrow(table.select(extras)).project(
             " OR ".join(f'"{e}" IS NOT NULL' for e in extras) + " AS h").to_arrow_table().column(0)  # fmt: skip
@@ -94,10 +105,10 @@ def _validate_table(con, task: Task, table: pa.Table, first_line: int, stager: S
     # One pass over the turns: defaults, parsed time and the row's flag.
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE m AS
-        SELECT r, turn_index, message_id, cid AS conversation_id, parent_id, uid AS user_id, role, text, time,
+        SELECT r, turn_index, message_id, cid AS conversation_id, parent_id, uid AS user_id, role, time,
                policy, category, reactions, parent_raw,
                {_any("mid_raw = ''", f"strlen(mid_raw) > {idmax}", f"strlen(parent_raw) > {idmax}",
-                     f"role IS NULL OR role NOT IN ({roles})", "text IS NULL", f"strlen(text) > {limits.max_text_chars}",
+                     f"role IS NULL OR role NOT IN ({roles})", "text_bytes IS NULL", f"text_bytes > {limits.max_text_chars}",
                      _bad_time("time"), f"len(reactions) > {limits.max_reactions}")} AS bad
         FROM (
             SELECT r, i - 1 AS turn_index, cid, uid, category, policy, t.message_id AS mid_raw,
@@ -105,11 +116,12 @@ def _validate_table(con, task: Task, table: pa.Table, first_line: int, stager: S
                    CASE WHEN t.parent_id = '' THEN NULL
                         WHEN t.parent_id IS NOT NULL THEN t.parent_id
                         WHEN i > 1 THEN coalesce(prev_mid, cid || ':' || (i - 2)) END AS parent_id,
-                   t.role AS role, t.text AS text, {_ts('t.time')} AS time, t.reactions AS reactions
+                   t.role AS role, t.text_bytes AS text_bytes, {_ts('t.time')} AS time, t.reactions AS reactions
             FROM (SELECT r, conversation_id AS cid, user_id AS uid, nullif(category, '') AS category,
-                         nullif(policy, '') AS policy, unnest(turns) AS t, unnest(list_prepend(NULL, list_transform(turns, lambda t: t.message_id)[1:len(turns) - 1])) AS prev_mid,
+                         nullif(policy, '') AS policy, unnest(turns) AS t, unnest(CASE WHEN len(turns) > 0 THEN list_prepend(
+                             NULL, list_transform(turns, lambda t: t.message_id)[1:len(turns) - 1]) END) AS prev_mid,
                          generate_subscripts(turns, 1) AS i
-                  FROM blk WHERE len(turns) BETWEEN 1 AND {limits.max_turns}))
+                  FROM blk))
     """)  # fmt: skip
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE x AS
@@ -151,10 +163,17 @@ def _validate_table(con, task: Task, table: pa.Table, first_line: int, stager: S
     conv = con.sql(f"""
         SELECT conversation_id, user_id, started_at, category, policy, n_turns, NULL AS extra, {lineage}
         FROM c {keep} ORDER BY r""").to_arrow_table()  # fmt: skip
+    # m has one row per element of the flattened turns, in order (checked): add the texts back.
     msgs = con.sql(f"""
-        SELECT message_id, conversation_id, parent_id, turn_index, user_id, role, text, time, policy, category,
+        SELECT r, message_id, conversation_id, parent_id, turn_index, user_id, role, time, policy, category,
                NULL AS extra, {lineage}
-        FROM m {keep}""").to_arrow_table()  # fmt: skip
+        FROM m""").to_arrow_table()  # fmt: skip
+    if not msgs.column("r").equals(pa.chunked_array([pc.list_parent_indices(turns)])):
+        raise RuntimeError("internal: message rows are out of step with the parsed turns")
+    msgs = msgs.add_column(7, "text", pa.chunked_array([texts]))
+    if flagged:
+        msgs = msgs.filter(pc.invert(pc.is_in(msgs.column("r"), pa.array(flagged, pa.int64()))))
+    msgs = msgs.drop_columns(["r"])
     reacts = con.sql(f"""
         SELECT message_id, user_id, reaction, action, time, seq, {lineage}
         FROM x {keep} ORDER BY r, seq""").to_arrow_table()  # fmt: skip
