@@ -180,9 +180,9 @@ def _validate_table(con, task: Task, table: pa.Table, first_line: int, stager: S
     stager.add_arrow("conversations", conv)
     stager.add_arrow("messages", msgs)
     stager.add_arrow("reaction_events", reacts)
-    stager.add_arrow("units", pa.table({
-        "block": pa.array([task.task_id] * conv.num_rows, pa.int32()), "line": conv.column("source_line"),
-        "kind": pa.array([CONVERSATION] * conv.num_rows, pa.string()), "key": conv.column("conversation_id")}))  # fmt: skip
+    stager.add_arrow("ledger", pa.table({
+        "kind": pa.array([CONVERSATION] * conv.num_rows, pa.string()), "key": conv.column("conversation_id"),
+        **{name: conv.column(name) for name in ("batch_no", "source_file", "source_line", "block")}}))  # fmt: skip
     stager.add_arrow("message_keys", con.sql(f"""
         SELECT {task.task_id} AS block, {first_line} + r AS line, hash(message_id) AS h FROM m {keep}""").to_arrow_table())
     stager.add_arrow("external_parents", con.sql(f"""

@@ -329,7 +329,6 @@ def _merge_and_commit(store: Store, manifest: dict, results: list[TaskResult], t
         if not commit:
             return
         t = time.perf_counter()
-        merge.register_sources(con, tasks)
         files = merge.commit(con, store, results, summary.batch_no)
     finally:
         con.close()

@@ -12,9 +12,8 @@ import os
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 
-from .parse import DATA_TABLES, SCHEMAS, Task, TaskResult, reject
+from .parse import DATA_TABLES, SCHEMAS, STORED_TABLES, Task, TaskResult, reject
 from .store import Store, _sql_list
 
 CONFLICT_STORED = ("id already in the store with different content; a stored record is never changed: send late "
@@ -52,29 +51,38 @@ def decide(con, store: Store, results: list[TaskResult], tasks: dict[int, Task])
     # Identity: (kind, key). A new identity is accepted; a known one is compared by content with
     # its reference (the stored record, else the first in this batch; for users rows, which are
     # upserts, the latest version). Content digests are computed only for those comparisons.
+    con.execute("CREATE OR REPLACE VIEW s_units AS SELECT block, source_line AS line, kind, key FROM s_ledger")
+    stored_join = "UNION SELECT kind, key FROM s_units SEMI JOIN stored_ledger USING (kind, key)" \
+        if store.table_files("ledger") else ""  # fmt: skip
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE seen AS
+        SELECT kind, key FROM s_units GROUP BY kind, key HAVING count(*) > 1 {stored_join}""")
     con.execute("""
         CREATE OR REPLACE TEMP TABLE decided AS
-        WITH stored AS (
-            SELECT kind, key, arg_max(batch_no, batch_no) AS sb, arg_max(block, batch_no) AS sk,
-                   arg_max(source_line, batch_no) AS sl
-            FROM stored_ledger GROUP BY kind, key),
-        ranked AS (
+        SELECT block, line, kind, key, 'accepted' AS status, NULL::INTEGER AS ref_batch, NULL::INTEGER AS ref_block,
+               NULL::BIGINT AS ref_line, NULL::VARCHAR AS field, NULL::VARCHAR AS reason
+        FROM s_units ANTI JOIN seen USING (kind, key)
+        UNION ALL
+        SELECT block, line, kind, key,
+            CASE WHEN sb IS NULL AND occurrence = 1 THEN 'accepted'
+                 WHEN kind = 'reaction' THEN 'duplicate'  -- the key is the whole event
+                 ELSE 'compare' END,
+            -- the reference: in this batch (ref_batch NULL) or stored
+            CASE WHEN kind = 'user' AND occurrence > 1 THEN NULL WHEN sb IS NOT NULL THEN sb END,
+            CASE WHEN kind = 'user' AND occurrence > 1 THEN pb WHEN sb IS NOT NULL THEN sk ELSE fb END,
+            CASE WHEN kind = 'user' AND occurrence > 1 THEN pl WHEN sb IS NOT NULL THEN sl ELSE fl END,
+            NULL, NULL
+        FROM (
             SELECT u.block, u.line, u.kind, u.key, s.sb, s.sk, s.sl,
                    row_number() OVER w AS occurrence,
                    first_value(u.block) OVER w AS fb, first_value(u.line) OVER w AS fl,
                    lag(u.block) OVER w AS pb, lag(u.line) OVER w AS pl
-            FROM s_units u LEFT JOIN stored s ON s.kind = u.kind AND s.key = u.key
+            FROM (SELECT * FROM s_units SEMI JOIN seen USING (kind, key)) u
+            LEFT JOIN (SELECT kind, key, arg_max(batch_no, batch_no) AS sb, arg_max(block, batch_no) AS sk,
+                              arg_max(source_line, batch_no) AS sl
+                       FROM stored_ledger SEMI JOIN seen USING (kind, key) GROUP BY kind, key) s
+                ON s.kind = u.kind AND s.key = u.key
             WINDOW w AS (PARTITION BY u.kind, u.key ORDER BY u.block, u.line))
-        SELECT block, line, kind, key,
-            CASE WHEN sb IS NULL AND occurrence = 1 THEN 'accepted'
-                 WHEN kind = 'reaction' THEN 'duplicate'  -- the key is the whole event
-                 ELSE 'compare' END AS status,
-            -- the reference: in this batch (ref_batch NULL) or stored
-            CASE WHEN kind = 'user' AND occurrence > 1 THEN NULL WHEN sb IS NOT NULL THEN sb END AS ref_batch,
-            CASE WHEN kind = 'user' AND occurrence > 1 THEN pb WHEN sb IS NOT NULL THEN sk ELSE fb END AS ref_block,
-            CASE WHEN kind = 'user' AND occurrence > 1 THEN pl WHEN sb IS NOT NULL THEN sl ELSE fl END AS ref_line,
-            CAST(NULL AS VARCHAR) AS field, CAST(NULL AS VARCHAR) AS reason
-        FROM ranked
     """)
     if con.execute("SELECT count(*) FROM decided WHERE status = 'compare'").fetchone()[0]:
         _compare_contents(con, store)
@@ -225,7 +233,7 @@ def commit(con, store: Store, results: list[TaskResult], batch_no: int) -> dict[
         "SELECT block FROM decided GROUP BY block HAVING bool_and(status = 'accepted')").fetchall()}  # fmt: skip
     files: dict[str, list[str]] = {}
     for result in results:
-        for table in DATA_TABLES:
+        for table in STORED_TABLES:
             src = result.staged.get(table)
             if src is None:
                 continue
@@ -238,30 +246,12 @@ def commit(con, store: Store, results: list[TaskResult], batch_no: int) -> dict[
                     COPY (SELECT t.* FROM read_parquet('{src}') t
                           SEMI JOIN accepted a ON a.block = t.block AND a.line = t.source_line
                           ORDER BY t.source_line)
-                    TO '{dest}' (FORMAT parquet, COMPRESSION zstd)""").fetchone()[0]  # fmt: skip
+                    TO '{dest}' (FORMAT parquet, COMPRESSION snappy)""").fetchone()[0]  # fmt: skip
                 if n == 0:
                     dest.unlink()
                     continue
             files.setdefault(table, []).append(str(dest.relative_to(store.root)))
-    ledger = store.root / "tables" / "ledger" / f"batch-{batch_no:06d}.parquet"
-    ledger.parent.mkdir(parents=True, exist_ok=True)
-    n = con.execute(f"""
-        COPY (SELECT kind, key, {batch_no} AS batch_no, d.block, u.source_file, d.line AS source_line
-              FROM decided d JOIN (SELECT DISTINCT block, source_file FROM task_sources) u USING (block)
-              WHERE d.status = 'accepted' ORDER BY d.block, d.line)
-        TO '{ledger}' (FORMAT parquet, COMPRESSION zstd)""").fetchone()[0]  # fmt: skip
-    if n:
-        files["ledger"] = [str(ledger.relative_to(store.root))]
-    else:
-        ledger.unlink()
     return files
-
-
-def register_sources(con, tasks: dict[int, Task]) -> None:
-    con.register("task_sources_arrow", pa.table({
-        "block": pa.array(list(tasks), pa.int32()),
-        "source_file": pa.array([t.path for t in tasks.values()], pa.string())}))  # fmt: skip
-    con.execute("CREATE OR REPLACE TEMP TABLE task_sources AS SELECT * FROM task_sources_arrow")
 
 
 def count_rows(store: Store, files: dict[str, list[str]]) -> dict[str, int]:

@@ -40,7 +40,8 @@ SCHEMAS = {
         ("time", _TS), ("seq", pa.int32()), *_LINEAGE]),  # fmt: skip
     "user_overrides": pa.schema([("user_id", pa.string()), ("retained", pa.bool_()), *_LINEAGE]),
     # Side tables for the merge stage, never stored:
-    "units": pa.schema([("block", pa.int32()), ("line", pa.int64()), ("kind", pa.string()), ("key", pa.string())]),
+    # One row per staged record, in the form of the store's ledger (identity and lineage).
+    "ledger": pa.schema([("kind", pa.string()), ("key", pa.string()), *_LINEAGE]),
     "external_parents": pa.schema([("block", pa.int32()), ("line", pa.int64()), ("message_id", pa.string()),
                                    ("parent_id", pa.string())]),  # fmt: skip
     # DuckDB hash() of every staged message id: the batch-wide uniqueness check groups these
@@ -49,6 +50,7 @@ SCHEMAS = {
 }
 _DICTIONARY_COLUMNS = {"role", "policy", "category", "reaction", "action", "kind", "source_file", "batch_no", "block"}
 _FREE_TEXT_COLUMNS = {"text", "extra"}
+STORED_TABLES = ("conversations", "messages", "reaction_events", "user_overrides", "ledger")
 DATA_TABLES = ("conversations", "messages", "reaction_events", "user_overrides")
 _UNIT_ATTR = {"conversations": "conversations", "messages": "messages", "reaction_events": "reactions",
               "user_overrides": "users"}  # fmt: skip
@@ -107,20 +109,20 @@ class Stager:
         lineage = (t.batch_no, t.path, line, t.task_id)
         for table, attr in _UNIT_ATTR.items():
             self.rows[table].extend(r + lineage for r in getattr(unit, attr))
-        self.rows["units"].append((t.task_id, line, unit.kind, unit.key))
+        self.rows["ledger"].append((unit.kind, unit.key) + lineage)
         own = {m[0] for m in unit.messages} if len(unit.messages) > 1 else ()
         for m in unit.messages:
             if m[2] is not None and m[2] not in own:
                 self.rows["external_parents"].append((t.task_id, line, m[0], m[2]))
         self.count += 1
-        if len(self.rows["messages"]) >= self.FLUSH_ROWS or len(self.rows["units"]) >= self.FLUSH_ROWS:
+        if len(self.rows["messages"]) >= self.FLUSH_ROWS or len(self.rows["ledger"]) >= self.FLUSH_ROWS:
             self.flush()
 
     def add_arrow(self, table: str, data: pa.Table) -> None:
         """Rows already in final form (from the vectorized path)."""
         if data.num_rows:
             self._writer(table).write_table(data.cast(SCHEMAS[table]))
-            if table == "units":
+            if table == "ledger":
                 self.count += data.num_rows
                 self.vectorized += data.num_rows
 
