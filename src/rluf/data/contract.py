@@ -28,6 +28,7 @@ USER = "user"  # optional users table (retention override)
 KINDS = (CONVERSATION, MESSAGE, REACTION, USER)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_DIGITS = re.compile(r"[0-9]+")
 _EPOCH_TEXT = re.compile(r"\d{1,16}(\.\d{1,6})?")
 _MICROSECOND = timedelta(microseconds=1)
 _MIN_TIME_US = 0  # 1970-01-01
@@ -132,8 +133,10 @@ def parse_time(value: Any, field: str) -> int:
             ) from None
         return _datetime_us(dt, field)
     if type(value) is int or type(value) is float:
-        if value != value:  # NaN
+        if value != value:
             raise RecordError(field, "time is NaN")
+        if value in (float("inf"), float("-inf")):
+            raise RecordError(field, "time is infinite")
         us = int(value * 1_000_000)
         if us > _MAX_TIME_US and value / 1000 * 1_000_000 <= _MAX_TIME_US:
             raise RecordError(field, f"{value} looks like epoch milliseconds; give epoch seconds")
@@ -246,7 +249,7 @@ def normalize_conversation(record: Any, limits: Limits = Limits()) -> Unit:
         parent = turn.get("parent_id")  # null or absent: the previous turn; "": no parent
         parent = previous_id if parent is None else _string(parent, where + ".parent_id", idmax, required=False)
         role = turn.get("role")
-        if role not in ROLES:
+        if type(role) is not str or role not in ROLES:
             raise _bad_role(role, where + ".role")
         text = _text(turn.get("text"), where + ".text", limits)
         t = parse_time(turn.get("time"), where + ".time")
@@ -277,8 +280,10 @@ def _nested_reaction(r: Any, where: str, mid: str, uid: str, message_time: int, 
     name = _string(r.get("name"), where + ".name", idmax)
     ruid = r.get("user_id")
     ruid = uid if ruid is None else _string(ruid, where + ".user_id", idmax)
-    action = r.get("action") or "add"
-    if action not in ACTIONS:
+    action = r.get("action")
+    if action is None or action == "":
+        action = "add"
+    if type(action) is not str or action not in ACTIONS:
         raise RecordError(where + ".action", f"expected 'add' or 'remove', got {action!r:.40}")
     t = parse_time(r.get("time"), where + ".time")
     if t < message_time:
@@ -304,13 +309,13 @@ def normalize_message(record: Any, limits: Limits = Limits()) -> Unit:
     parent = _string(rec.get("parent_id"), "parent_id", idmax, required=False)
     turn_index = rec.get("turn_index")
     if turn_index is not None:
-        if type(turn_index) is str and turn_index.strip().isdigit():
+        if type(turn_index) is str and _DIGITS.fullmatch(turn_index.strip()):
             turn_index = int(turn_index)
-        if type(turn_index) is not int or turn_index < 0:
-            raise RecordError("turn_index", f"expected a non-negative integer, got {turn_index!r:.40}")
+        if type(turn_index) is not int or not 0 <= turn_index < 2**31:
+            raise RecordError("turn_index", f"expected an integer from 0 to 2147483647, got {turn_index!r:.40}")
     uid = _string(rec.get("user_id"), "user_id", idmax)
     role = rec.get("role")
-    if role not in ROLES:
+    if type(role) is not str or role not in ROLES:
         raise _bad_role(role, "role")
     text = _text(rec.get("text"), "text", limits)
     t = parse_time(rec.get("time"), "time")
@@ -329,7 +334,7 @@ def normalize_reaction(record: Any, limits: Limits = Limits()) -> Unit:
     name = _string(rec.get("reaction"), "reaction", idmax)
     action = rec.get("action")
     action = "add" if action is None or action == "" else action
-    if action not in ACTIONS:
+    if type(action) is not str or action not in ACTIONS:
         raise RecordError("action", f"expected 'add' or 'remove', got {action!r:.40}")
     t = parse_time(rec.get("time"), "time")
     if not _REACTION_KEYS.issuperset(rec):

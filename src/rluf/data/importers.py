@@ -60,10 +60,10 @@ def convai2_dialog(dialog: Any, source_name: str, limits: Limits = Limits()) -> 
         where = f"dialog[{i}]"
         t = _obj(t, where)
         sender = t.get("sender")
-        if sender not in participants:
+        if type(sender) is not str or sender not in participants:
             raise RecordError(where + ".sender", f"{sender!r:.40} is neither participant1 nor participant2")
         sender_class = t.get("sender_class")
-        if sender_class not in ("Human", "Bot"):
+        if type(sender_class) is not str or sender_class not in ("Human", "Bot"):
             raise RecordError(where + ".sender_class", f"expected Human or Bot, got {sender_class!r:.40}")
         time_us = start + step * i
         iso = _iso(time_us)
@@ -76,7 +76,7 @@ def convai2_dialog(dialog: Any, source_name: str, limits: Limits = Limits()) -> 
         }
         score = t.get("evaluation_score")
         if score is not None:
-            if score not in (0, 1) or type(score) is bool:
+            if type(score) is not int or score not in (0, 1):
                 raise RecordError(where + ".evaluation_score", f"expected 1, 0 or null, got {score!r:.40}")
             turn["reactions"] = [{"name": "thumbs_up" if score == 1 else "thumbs_down", "time": iso}]
         turns.append(turn)
@@ -141,7 +141,7 @@ def oasst_message(record: Any, limits: Limits = Limits()) -> Unit:
     """One OpenAssistant message (HF JSONL export) -> one flat message plus its reactions."""
     rec = _obj(record, "<record>")
     role = rec.get("role")
-    if role not in _OASST_ROLES:
+    if type(role) is not str or role not in _OASST_ROLES:
         raise RecordError("role", f"expected 'prompter' or 'assistant', got {role!r:.40}")
     counts = _emoji_counts(rec.get("emojis"), "emojis")
     message = {k: v for k, v in rec.items() if k not in ("message_tree_id", "created_date", "role")}
@@ -169,7 +169,7 @@ def oasst_tree(record: Any, limits: Limits = Limits()) -> Unit:
     while stack:
         msg, parent_id, where = stack.pop()
         role = msg.get("role")
-        if role not in _OASST_ROLES:
+        if type(role) is not str or role not in _OASST_ROLES:
             raise RecordError(where + ".role", f"expected 'prompter' or 'assistant', got {role!r:.40}")
         counts = _emoji_counts(msg.get("emojis"), where + ".emojis")
         time = _iso(int((_OASST_EPOCH - datetime(1970, 1, 1, tzinfo=timezone.utc)).total_seconds() * 1e6) + len(turns) * 1_000_000)

@@ -92,7 +92,7 @@ def _sniff(path: Path, fmt: str, kind: str | None) -> tuple[str, str | None]:
         elif fmt == "parquet":
             kind = _kind_from_columns(pq.read_schema(path).names)
         elif fmt == "csv":
-            with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
                 kind = _kind_from_columns(next(csv.reader(f), []))
         if kind is None:
             raise IngestError(f"{path}: cannot tell which layout this file holds from its first record; "

@@ -73,13 +73,12 @@ def decide(con, store: Store, results: list[TaskResult], tasks: dict[int, Task])
             CASE WHEN kind = 'user' AND occurrence > 1 THEN pl WHEN sb IS NOT NULL THEN sl ELSE fl END,
             NULL, NULL
         FROM (
-            SELECT u.block, u.line, u.kind, u.key, s.sb, s.sk, s.sl,
+            SELECT u.block, u.line, u.kind, u.key, s.loc.sb AS sb, s.loc.sk AS sk, s.loc.sl AS sl,
                    row_number() OVER w AS occurrence,
                    first_value(u.block) OVER w AS fb, first_value(u.line) OVER w AS fl,
                    lag(u.block) OVER w AS pb, lag(u.line) OVER w AS pl
             FROM (SELECT * FROM s_units SEMI JOIN seen USING (kind, key)) u
-            LEFT JOIN (SELECT kind, key, arg_max(batch_no, batch_no) AS sb, arg_max(block, batch_no) AS sk,
-                              arg_max(source_line, batch_no) AS sl
+            LEFT JOIN (SELECT kind, key, max({'sb': batch_no, 'sk': block, 'sl': source_line}) AS loc  -- the latest
                        FROM stored_ledger SEMI JOIN seen USING (kind, key) GROUP BY kind, key) s
                 ON s.kind = u.kind AND s.key = u.key
             WINDOW w AS (PARTITION BY u.kind, u.key ORDER BY u.block, u.line))

@@ -195,6 +195,21 @@ def _normalizer(task: Task) -> Callable[[object, Limits], Unit]:
 
 
 def validate(record: object, task: Task, limits: Limits) -> Unit:
+    """The record's unit, or RecordError. An unexpected failure inside a validator rejects the record
+    (with the error, so it can be reported) instead of stopping the batch."""
+    return _guarded(_validate, record, task, limits)
+
+
+def _guarded(validator, *args) -> Unit:
+    try:
+        return validator(*args)
+    except RecordError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one odd record must not lose the batch
+        raise RecordError("<record>", f"could not be validated ({type(exc).__name__}: {exc}); please report it") from exc
+
+
+def _validate(record: object, task: Task, limits: Limits) -> Unit:
     if task.kind is not None:
         seen = contract.detect_kind(record)
         if seen is not None and seen != task.kind:
@@ -282,7 +297,7 @@ def _drop_nulls(record):
 
 def _run_csv(task: Task, stager: Stager, rejects: list[dict], limits: Limits) -> tuple[int, int]:
     read = blank = 0
-    with open(task.path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+    with open(task.path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
         while True:
@@ -339,7 +354,7 @@ def _run_convai2(task: Task, stager: Stager, rejects: list[dict], limits: Limits
     name = os.path.basename(task.path)
     for i, dialog in enumerate(dialogs, start=1):
         try:
-            unit = importers.convai2_dialog(dialog, name, limits)
+            unit = _guarded(importers.convai2_dialog, dialog, name, limits)
         except RecordError as exc:
             rejects.append(reject(task, i, exc.field, exc.reason, orjson.dumps(dialog, default=str).decode()))
             continue
