@@ -341,7 +341,7 @@ def normalize_reaction(record: Any, limits: Limits = Limits()) -> Unit:
         unknown = sorted(k for k in rec if k not in _REACTION_KEYS)
         raise RecordError(unknown[0], "unknown field in a reaction event (allowed: message_id, user_id, reaction, action, time)")
     row = (mid, uid, name, action, t, 0)
-    key = f"{mid}\x1f{uid}\x1f{name}\x1f{action}\x1f{t}"
+    key = orjson.dumps([mid, uid, name, action, t]).decode()  # the whole event, unambiguous
     return Unit(REACTION, key, reactions=[row])
 
 

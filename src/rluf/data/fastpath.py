@@ -56,11 +56,14 @@ def _run_range(con, task: Task, buf: bytes, first_line: int, stager: Stager, rej
     n_lines = buf.count(b"\n") + (0 if buf.endswith(b"\n") else 1)
     if not buf:
         return 0, 0
-    try:
-        buf.decode("utf-8")  # pyarrow does not validate UTF-8 inside nested strings
-        table = pj.read_json(io.BytesIO(buf), read_options=_READ, parse_options=_PARSE)
-    except (pa.ArrowInvalid, UnicodeDecodeError, pa.ArrowNotImplementedError):
-        table = None
+    table = None
+    # pyarrow 26 crashes (SIGSEGV) on a range whose first value is not an object, e.g. `null`.
+    if buf.lstrip()[:1] == b"{":
+        try:
+            buf.decode("utf-8")  # pyarrow does not validate UTF-8 inside nested strings
+            table = pj.read_json(io.BytesIO(buf), read_options=_READ, parse_options=_PARSE)
+        except (pa.ArrowInvalid, UnicodeDecodeError, pa.ArrowNotImplementedError):
+            table = None
     if table is None or table.num_rows != n_lines or table.schema.field("turns").type != SCHEMA.field("turns").type:
         # Unparseable, blank lines, or unknown fields inside turns: split, or go line by line.
         if n_lines <= MIN_RANGE_LINES:

@@ -48,7 +48,7 @@ def convai2_dialog(dialog: Any, source_name: str, limits: Limits = Limits()) -> 
     bot = p2 if human is p1 else p1
     user_id = human.get("user_id")
     if not isinstance(user_id, str) or not user_id:
-        raise RecordError("participant1_id.user_id", "no human participant id")
+        raise RecordError(f"{'participant1' if human is p1 else 'participant2'}_id.user_id", "no human participant id")
     start = parse_time(d.get("start_time"), "start_time")
     end = parse_time(d.get("end_time"), "end_time") if d.get("end_time") is not None else start
     if end < start:

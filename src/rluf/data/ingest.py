@@ -68,6 +68,11 @@ def _first_record(path: Path) -> object | None:
     return None
 
 
+def _is_blank(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return all(not line.strip() for line in f)
+
+
 def _sniff(path: Path, fmt: str, kind: str | None) -> tuple[str, str | None]:
     """Decide a file's format and (for contract formats) its record kind."""
     suffix = path.suffix.lower()
@@ -89,6 +94,8 @@ def _sniff(path: Path, fmt: str, kind: str | None) -> tuple[str, str | None]:
     if kind is None:
         if fmt == "jsonl":
             kind = contract.detect_kind(_first_record(path))
+            if kind is None and _is_blank(path):
+                kind = CONVERSATION  # an empty file: no record to read, whatever the layout
         elif fmt == "parquet":
             kind = _kind_from_columns(pq.read_schema(path).names)
         elif fmt == "csv":
@@ -324,28 +331,27 @@ def _merge_and_commit(store: Store, manifest: dict, results: list[TaskResult], t
             reasons[label] = reasons.get(label, 0) + 1
         summary.reasons = dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:20])
         summary.reject_rate = summary.rejected / summary.read if summary.read else 0.0
-        commit = summary.reject_rate <= summary.max_reject_rate
-        _append_rejects(store, summary, rejects, commit)
-        if not commit:
-            return
-        t = time.perf_counter()
-        files = merge.commit(con, store, results, summary.batch_no)
+        try:
+            if summary.reject_rate <= summary.max_reject_rate:
+                t = time.perf_counter()
+                files = merge.commit(con, store, results, summary.batch_no)
+                summary.timings["commit"] = round(time.perf_counter() - t, 3)
+                for table, n in merge.count_rows(store, files).items():
+                    setattr(summary, table, n)
+                manifest["batches"].append({
+                    "batch_id": summary.batch_id, "batch_no": summary.batch_no,
+                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "sources": sorted({t.path for t in tasks.values()}),
+                    "files": files,
+                    "counts": {k: getattr(summary, k) for k in ("read", "accepted", "rejected", "duplicate", "blank_lines",
+                               "messages", "reaction_events", "conversations", "user_overrides")},
+                })  # fmt: skip
+                store.write_manifest(manifest)  # the commit point
+                summary.committed = True
+        finally:  # rejects are kept whatever happened, marked with whether their batch was committed
+            _append_rejects(store, summary, rejects, summary.committed)
     finally:
         con.close()
-    summary.timings["commit"] = round(time.perf_counter() - t, 3)
-    rows = merge.count_rows(store, files)
-    for table, n in rows.items():
-        setattr(summary, table, n)
-    manifest["batches"].append({
-        "batch_id": summary.batch_id, "batch_no": summary.batch_no,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "sources": sorted({t.path for t in tasks.values()}),
-        "files": files,
-        "counts": {k: getattr(summary, k) for k in ("read", "accepted", "rejected", "duplicate", "blank_lines",
-                                                     "messages", "reaction_events", "conversations", "user_overrides")},
-    })  # fmt: skip
-    store.write_manifest(manifest)
-    summary.committed = True
 
 
 def _reason_label(rej: dict) -> str:

@@ -36,6 +36,9 @@ def decide(con, store: Store, results: list[TaskResult], tasks: dict[int, Task])
         ("ledger", "kind, key, batch_no, block, source_line",
          "''::VARCHAR kind, ''::VARCHAR key, 0 batch_no, 0 block, 0::BIGINT source_line"),
         ("messages", "message_id, time", "''::VARCHAR message_id, TIMESTAMPTZ '2000-01-01' time"),
+        ("reaction_events", "message_id, user_id, reaction, action, time",
+         "''::VARCHAR message_id, ''::VARCHAR user_id, ''::VARCHAR reaction, ''::VARCHAR action, "
+         "TIMESTAMPTZ '2000-01-01' time"),
     ):  # fmt: skip
         files = store.table_files(table)
         source = f"read_parquet({_sql_list(files)})" if files else f"(SELECT {empty}) WHERE false"
@@ -143,6 +146,20 @@ def decide(con, store: Store, results: list[TaskResult], tasks: dict[int, Task])
         WHERE k.message_id IS NULL OR rx.time < k.time
     """, field_from_query=True)
 
+        # A flat event that repeats one already logged inside a conversation is a duplicate too.
+        con.execute("""
+            UPDATE decided d SET status = 'duplicate'
+            FROM (
+                SELECT r.block, r.source_line AS line FROM s_reaction_events r
+                JOIN decided a ON a.block = r.block AND a.line = r.source_line AND a.kind = 'reaction' AND a.status = 'accepted'
+                SEMI JOIN (SELECT message_id, user_id, reaction, action, time FROM stored_reaction_events
+                           UNION ALL
+                           SELECT o.message_id, o.user_id, o.reaction, o.action, o.time FROM s_reaction_events o
+                           JOIN decided od ON od.block = o.block AND od.line = o.source_line
+                           WHERE od.status = 'accepted' AND od.kind <> 'reaction') k
+                    USING (message_id, user_id, reaction, action, time)) x
+            WHERE d.block = x.block AND d.line = x.line
+        """)
     counts = dict(con.execute("SELECT status, count(*) FROM decided GROUP BY status").fetchall())
     rows = con.execute("SELECT block, line, field, reason FROM decided WHERE status = 'rejected' ORDER BY block, line").fetchall()
     return counts, [reject(tasks[b], line, field, reason, None) for b, line, field, reason in rows]

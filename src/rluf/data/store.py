@@ -52,10 +52,16 @@ class Store:
         return self.manifest_path.exists()
 
     def manifest(self) -> dict:
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"{self.root} is a file, not a store directory; give --store a directory")
         if not self.manifest_path.exists():
             return {"version": MANIFEST_VERSION, "batches": []}
-        with open(self.manifest_path) as f:
-            manifest = json.load(f)
+        try:
+            with open(self.manifest_path) as f:
+                manifest = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{self.manifest_path} cannot be read ({exc}); restore it from a backup, "
+                             "it is the list of committed batches") from None
         if manifest.get("version") != MANIFEST_VERSION:
             raise StoreError(
                 f"{self.manifest_path}: store format version {manifest.get('version')} is not supported "
@@ -79,6 +85,8 @@ class Store:
 
     @contextlib.contextmanager
     def lock(self):
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"{self.root} is a file, not a store directory; give --store a directory")
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "w") as f:
             try:
