@@ -118,7 +118,7 @@ def test_ingest_exit_3_over_the_reject_rate(tmp_path):
         (["{tmp}/c.jsonl", "--layout", "table"], "unknown layout 'table'"),
         (["{tmp}/c.jsonl", "--max-reject-rate", "1.5"], "--max-reject-rate must be between 0 and 1"),
         (["{tmp}/notes.txt"], "cannot tell the format"),
-        (["{tmp}/c.jsonl.gz"], "decompress it first"),
+        (["{tmp}/c.jsonl.gz"], "cannot be read"),
         (["{tmp}/odd.jsonl"], "cannot tell which layout"),
         (["{tmp}/c.csv"], "nested conversations cannot be CSV"),
         (["{tmp}/empty"], "holds no .jsonl"),

@@ -931,3 +931,26 @@ def test_an_empty_jsonl_file_reads_nothing(tmp_path):
     (tmp_path / "empty.jsonl").write_bytes(b"\n\n")
     s = ingest([tmp_path / "empty.jsonl"], tmp_path / "s", workers=1)
     assert (s.read, s.blank_lines, s.committed) == (0, 2, True)
+
+
+def test_gzip_compressed_jsonl_and_csv_read_like_plain_files(tmp_path, monkeypatch):
+    import gzip
+
+    monkeypatch.setattr("rluf.data.ingest.BLOCK_BYTES", 4096)  # several blocks from one stream
+    examples.write_nested_jsonl(tmp_path / "c.jsonl", 60, seed=4)
+    flat = examples.write_flat(tmp_path / "flat", 20, seed=5)
+    data = (tmp_path / "c.jsonl").read_bytes().replace(b'"role":"user"', b'"role":"robot"', 1)
+    (tmp_path / "c.jsonl").write_bytes(data)
+    (tmp_path / "gz").mkdir()
+    (tmp_path / "gz" / "c.jsonl.gz").write_bytes(gzip.compress(data))
+    (tmp_path / "gz" / "messages.csv.gz").write_bytes(gzip.compress(flat["messages"].read_bytes()))
+    plain = ingest([tmp_path / "c.jsonl", flat["messages"]], tmp_path / "plain", workers=2, max_reject_rate=1.0)
+    zipped = ingest([tmp_path / "gz"], tmp_path / "zipped", workers=2, max_reject_rate=1.0)
+    for key in ("read", "accepted", "rejected", "messages", "reaction_events"):
+        assert getattr(plain, key) == getattr(zipped, key), key
+    assert [r["line"] for r in rejects(tmp_path / "zipped")] == [r["line"] for r in rejects(tmp_path / "plain")] == [1]
+    sql = "SELECT message_id, text, time, source_line FROM messages ORDER BY ALL"
+    assert q(tmp_path / "plain", sql) == q(tmp_path / "zipped", sql)
+    (tmp_path / "x.parquet.gz").write_bytes(b"")
+    with pytest.raises(IngestError, match="decompress"):
+        ingest([tmp_path / "x.parquet.gz"], tmp_path / "s")

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from . import contract, importers, merge
 from .contract import CONVERSATION, MESSAGE, REACTION, USER, Limits
-from .parse import Task, TaskResult, run_task
+from .parse import Task, TaskResult, open_input, run_task
 from .store import Store
 
 BLOCK_BYTES = 16 << 20  # JSONL bytes per worker task
@@ -55,7 +55,7 @@ SNIFF_LINES = 1000  # how many leading lines may be unreadable before a file's l
 
 def _first_record(path: Path) -> object | None:
     """The first record among the leading lines whose layout or public format is recognisable."""
-    with open(path, "rb") as f:
+    with open_input(path, "rb") as f:
         for _, line in zip(range(SNIFF_LINES), f):
             if not line.strip():
                 continue
@@ -69,22 +69,29 @@ def _first_record(path: Path) -> object | None:
 
 
 def _is_blank(path: Path) -> bool:
-    with open(path, "rb") as f:
+    with open_input(path, "rb") as f:
         return all(not line.strip() for line in f)
+
+
+def _sniff_readable(path: Path, fmt: str, kind: str | None) -> tuple[str, str | None]:
+    try:
+        return _sniff(path, fmt, kind)
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise IngestError(f"{path}: cannot be read ({exc}); is it a complete, uncorrupted file?") from None
 
 
 def _sniff(path: Path, fmt: str, kind: str | None) -> tuple[str, str | None]:
     """Decide a file's format and (for contract formats) its record kind."""
-    suffix = path.suffix.lower()
-    if path.name.endswith(".gz"):
-        raise IngestError(f"{path}: compressed input is not read directly; decompress it first (gunzip -k)")
+    suffix = _suffix(path)
+    if path.name.lower().endswith(".gz") and suffix not in (".jsonl", ".ndjson", ".json", ".csv"):
+        raise IngestError(f"{path}: only JSONL, JSON and CSV files are read gzip-compressed; decompress it first")
     if fmt == "auto":
         fmt = SUFFIXES.get(suffix)
         if fmt is None:
             raise IngestError(f"{path}: cannot tell the format from the suffix {suffix!r}; pass --format "
                               f"({', '.join(ALL_FORMATS[1:])})")  # fmt: skip
         if fmt == "json":
-            with open(path, "rb") as f:
+            with open_input(path, "rb") as f:
                 head = f.read(1 << 16).lstrip()
             fmt = importers.CONVAI2 if head.startswith(b"[") else "jsonl"
         if fmt == "jsonl":
@@ -99,7 +106,7 @@ def _sniff(path: Path, fmt: str, kind: str | None) -> tuple[str, str | None]:
         elif fmt == "parquet":
             kind = _kind_from_columns(pq.read_schema(path).names)
         elif fmt == "csv":
-            with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+            with open_input(path, encoding="utf-8-sig", errors="replace", newline="") as f:
                 kind = _kind_from_columns(next(csv.reader(f), []))
         if kind is None:
             raise IngestError(f"{path}: cannot tell which layout this file holds from its first record; "
@@ -107,6 +114,12 @@ def _sniff(path: Path, fmt: str, kind: str | None) -> tuple[str, str | None]:
     if fmt == "csv" and kind == CONVERSATION:
         raise IngestError(f"{path}: nested conversations cannot be CSV; use JSONL or Parquet, or the flat layout")
     return fmt, kind
+
+
+def _suffix(path: Path) -> str:
+    """The format suffix, looking through a final `.gz`."""
+    name = path.name.lower()
+    return Path(name[:-3]).suffix if name.endswith(".gz") else path.suffix.lower()
 
 
 def _kind_from_columns(columns: list[str]) -> str | None:
@@ -133,7 +146,7 @@ def plan_files(paths: Iterable[str | os.PathLike], fmt: str = "auto", kind: str 
         if store is not None and p.resolve().is_relative_to(store):
             raise IngestError(f"{p} is inside the store {store_dir}; give the logs, not the store")
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in SUFFIXES
+            found = sorted(q for q in p.rglob("*") if q.is_file() and _suffix(q) in SUFFIXES
                            and not (store is not None and q.resolve().is_relative_to(store)))  # fmt: skip
             if not found:
                 raise IngestError(f"{p}: directory holds no .jsonl, .json, .parquet or .csv file")
@@ -142,15 +155,31 @@ def plan_files(paths: Iterable[str | os.PathLike], fmt: str = "auto", kind: str 
             files.append(p)
         else:
             raise IngestError(f"{p}: no such file or directory")
-    planned = [(f, *_sniff(f, fmt, kind)) for f in files]
+    planned = [(f, *_sniff_readable(f, fmt, kind)) for f in files]
     # Messages before the reactions and users that refer to them; otherwise keep the given order.
     return sorted(planned, key=lambda x: _KIND_ORDER.get(x[2] or x[1], 0))
+
+
+def _read_gzip_block(f, path: Path) -> bytes:
+    try:
+        block = f.read(BLOCK_BYTES)
+        return block + f.readline() if block else block
+    except (OSError, EOFError) as exc:
+        raise IngestError(f"{path}: decompression failed ({exc}); nothing of this batch was stored") from None
 
 
 def iter_tasks(planned: list[tuple[Path, str, str | None]], batch_no: int = 0) -> Iterator[Task]:
     task_id = 0
     for path, fmt, kind in planned:
-        if fmt in ("jsonl", importers.OASST, importers.OASST_TREE):
+        if fmt in ("jsonl", importers.OASST, importers.OASST_TREE) and path.name.lower().endswith(".gz"):
+            # No seeking in a compressed stream: blocks of whole lines travel to the workers.
+            line = 1
+            with open_input(path, "rb") as f:
+                while block := _read_gzip_block(f, path):
+                    yield Task(task_id, str(path), fmt, kind, batch_no, first_line=line, length=len(block), data=block)
+                    task_id += 1
+                    line += block.count(b"\n")
+        elif fmt in ("jsonl", importers.OASST, importers.OASST_TREE):
             size = path.stat().st_size
             with open(path, "rb") as f:
                 pos, line = 0, 1
@@ -285,7 +314,7 @@ def _parse_all(planned, batch_no: int, staging: str, limits: Limits, workers: in
 
     if workers <= 1:
         for task in iter_tasks(planned, batch_no):
-            tasks[task.task_id] = task
+            tasks[task.task_id] = dataclasses.replace(task, data=None)  # the bytes go to the worker only
             finished(task, run_task(task, staging, limits, vectorized))
     else:
         # A fresh server process imports the parsing code once; workers fork from it (safe even when
@@ -295,7 +324,7 @@ def _parse_all(planned, batch_no: int, staging: str, limits: Limits, workers: in
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             pending: deque = deque()
             for task in iter_tasks(planned, batch_no):
-                tasks[task.task_id] = task
+                tasks[task.task_id] = dataclasses.replace(task, data=None)  # the bytes go to the worker only
                 pending.append((task, pool.submit(run_task, task, staging, limits, vectorized)))
                 while len(pending) > 2 * workers:  # bounded memory: at most 2 blocks per worker in flight
                     t, fut = pending.popleft()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gzip
 import os
 from typing import Callable
 
@@ -64,12 +65,15 @@ class Task:
     kind: str | None  # contract kind of every record; None for the public formats
     batch_no: int = 0
     first_line: int = 1
-    offset: int = 0  # JSONL: the block is `length` bytes of whole lines from `offset`
+    offset: int = 0  # JSONL: the block is `length` bytes of whole lines from `offset`...
     length: int = 0
+    data: bytes | None = None  # ...or, for compressed input, those lines themselves
     row_groups: tuple[int, ...] = ()
     first_row: int = 1
 
     def read_block(self) -> bytes:
+        if self.data is not None:
+            return self.data
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             return f.read(self.length)
@@ -168,6 +172,14 @@ def worker_connection():
         _connection = duckdb.connect(config={"threads": 1, "memory_limit": "512MB"})
         _connection.execute("SET TimeZone='UTC'")
     return _connection
+
+
+def open_input(path, mode: str = "rt", **kw):
+    """Open an input file, decompressing `.gz` on the fly."""
+    path = str(path)
+    if path.endswith(".gz"):
+        return gzip.open(path, mode if "b" in mode else "rt", **kw)
+    return open(path, mode if "b" in mode else "r", **kw)
 
 
 def reject(task: Task, line: int, field: str, reason: str, raw: str | None) -> dict:
@@ -297,7 +309,7 @@ def _drop_nulls(record):
 
 def _run_csv(task: Task, stager: Stager, rejects: list[dict], limits: Limits) -> tuple[int, int]:
     read = blank = 0
-    with open(task.path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+    with open_input(task.path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
         while True:
@@ -341,7 +353,7 @@ def _is_utf8(s: str) -> bool:
 
 
 def _run_convai2(task: Task, stager: Stager, rejects: list[dict], limits: Limits) -> int:
-    with open(task.path, "rb") as f:
+    with open_input(task.path, "rb") as f:
         data = f.read()
     try:
         dialogs = orjson.loads(data)
