@@ -8,10 +8,11 @@ from rluf.demo import run_demo
 
 
 def test_demo_end_to_end(tmp_path):
-    summary = run_demo(tmp_path / "demo", console=Console(file=open("/dev/null", "w")), conversations=300,
+    summary = run_demo(tmp_path / "demo", console=Console(file=open("/dev/null", "w")), users=60,
                        real_data=tmp_path / "absent")  # fmt: skip
     first, again = summary["ingest"], summary["reingest"]
     assert first["committed"] and first["rejected"] == 3 and first["reconciles"]
+    assert first["accepted"] == summary["simulate"]["conversations"]
     assert again["accepted"] == 0 and again["duplicate"] == first["accepted"] and again["rejected"] == 3
     saved = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert saved["stats"]["counts"]["messages"] == first["messages"]
+    assert saved["stats"]["counts"]["messages"] == first["messages"] == summary["simulate"]["messages"]

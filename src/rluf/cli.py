@@ -126,6 +126,40 @@ def stats(
 
 
 @app.command()
+def simulate(
+    users: int = typer.Option(2000, "--users", help="Simulated users (each lives --days days)."),
+    days: Optional[int] = typer.Option(None, "--days", help="Days simulated (default: the config's, 42)."),
+    seed: int = typer.Option(0, "--seed", help="Same seed and config, byte-identical output."),
+    out_dir: Path = typer.Option(..., "--out", help="Writes OUT/logs (the data contract) and OUT/truth (hidden truth)."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl or parquet (the logs; the truth is always Parquet)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="World config YAML (default: the embedded world)."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes (default: CPU count); the output does not depend on it."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT/logs and OUT/truth if they hold files."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Simulated users with ground truth: production-like logs for `rluf ingest OUT/logs`, truth apart."""
+    from .sim.config import ConfigError, load_config
+    from .sim.simulate import SimulateError, simulate as run_simulate
+
+    if workers is not None and workers < 1:
+        _fail(f"--workers must be at least 1, got {workers}")
+    try:
+        world = load_config(config)
+        summary = run_simulate(out_dir, users, days, seed, fmt, world, workers, overwrite)
+    except (ConfigError, SimulateError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(summary, indent=1))
+    else:
+        out.print(
+            f"simulated {summary['users']} users over {summary['days']} days: {summary['conversations']} conversations, "
+            f"{summary['messages']} messages, {summary['reaction_events']} reaction events "
+            f"in {summary['seconds']:.1f}s ({summary['conversations_per_s']:,.0f} conversations/s)"
+        )
+        out.print(f"logs: {summary['logs']}   truth: {summary['truth']}   next: rluf ingest {summary['logs']} --store STORE")
+
+
+@app.command()
 def demo(out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Where the demo writes everything.")):
     """Run the whole loop on the embedded default world (the main job behind `make demo`)."""
     from .demo import run_demo

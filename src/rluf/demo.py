@@ -1,24 +1,27 @@
 """The main job behind `make demo`: `rluf demo --out runs/demo`.
 
-Today the loop runs as far as it is built: example production logs (both layouts, with a few broken
-records so the rejects path is visible) are ingested into a store, re-ingested to show idempotency,
-and summarised; the public feedback samples in ../shared/data/real are imported when present.
-Everything lands under OUT, with `summary.json` holding the headline numbers.
+Today the loop runs as far as it is built: the embedded default world (rluf.sim) produces
+production-like logs, which are ingested into a store (a few broken records show the rejects
+path), ingested again to show idempotency, and summarised; the public feedback samples in
+../shared/data/real are imported when present. Everything lands under OUT, with `summary.json`
+holding the headline numbers. The simulator's hidden truth stays in OUT/sim/truth and is not read.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 from rich.console import Console
 
-from .data import examples
 from .data.ingest import ingest
 from .data.stats import render_stats, store_stats
 from .data.store import Store
+from .sim.simulate import simulate
 
-REAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
+REAL_DATA = Path(os.environ.get("RLUF_REAL_DATA", Path(__file__).resolve().parents[3] / "shared" / "data" / "real"))
 BROKEN_LINES = [
     b'{"conversation_id": "broken-1", "user_id": "u1", "turns": [{"role": "assistant", "text": "hi"}]}',  # no time
     b'{"conversation_id": "broken-2", "user_id": "u1", "turns": [{"role": "bot", "text": "hi", "time": "2026-01-02T00:00:00Z"}]}',
@@ -26,45 +29,41 @@ BROKEN_LINES = [
 ]
 
 
-def run_demo(out: Path, console: Console | None = None, conversations: int = 5000, real_data: Path = REAL_DATA) -> dict:
+def run_demo(out: Path, console: Console | None = None, users: int = 1000, seed: int = 0,
+             real_data: Path = REAL_DATA) -> dict:  # fmt: skip
     console = console or Console()
     out = Path(out)
-    logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    store_dir = out / "store"
-    if store_dir.exists():
-        import shutil
+    for d in ("sim", "store", "extra_logs"):
+        shutil.rmtree(out / d, ignore_errors=True)
 
-        shutil.rmtree(store_dir)
+    console.rule("[bold]1. production traffic (simulated)")
+    sim = simulate(out / "sim", users=users, seed=seed)
+    console.print(f"{sim['users']} users over {sim['days']} days: {sim['conversations']} conversations, "
+                  f"{sim['messages']} messages, {sim['reaction_events']} reaction events in {sim['seconds']:.1f}s")  # fmt: skip
+    extra = out / "extra_logs"
+    extra.mkdir(parents=True)
+    (extra / "late_export.jsonl").write_bytes(b"\n".join(BROKEN_LINES) + b"\n")
 
-    console.rule("[bold]1. logs in")
-    n_messages = examples.write_nested_jsonl(logs / "conversations.jsonl", conversations, seed=0)
-    with open(logs / "conversations.jsonl", "ab") as f:
-        f.write(b"\n".join(BROKEN_LINES) + b"\n")
-    flat = examples.write_flat(logs / "flat", conversations // 5, seed=1)
-    console.print(f"wrote {conversations} nested conversations ({n_messages} messages) + 3 broken lines, "
-                  f"and flat tables {', '.join(p.name for p in flat.values())}")  # fmt: skip
-    first = ingest([logs], store_dir, max_reject_rate=0.01)
+    console.rule("[bold]2. logs in")
+    first = ingest([sim["logs"], extra], out / "store")
     _print(console, "first ingest", first.as_dict())
-    again = ingest([logs], store_dir, max_reject_rate=0.01)
+    again = ingest([sim["logs"], extra], out / "store")
     _print(console, "same files again (idempotent)", again.as_dict())
-
-    stats = store_stats(Store(store_dir))
+    stats = store_stats(Store(out / "store"))
     render_stats(stats, console)
 
-    summary = {"ingest": first.as_dict(), "reingest": again.as_dict(), "stats": stats, "public_samples": {}}
+    summary = {"simulate": sim, "ingest": first.as_dict(), "reingest": again.as_dict(), "stats": stats,
+               "public_samples": {}}  # fmt: skip
     if real_data.is_dir():
         console.rule("[bold]public feedback samples")
-        for name, paths, fmt in (
-            ("convai2", sorted((real_data / "convai2").glob("*.json")), "convai2"),
-            ("oasst", sorted((real_data / "oasst").glob("*.jsonl")), "oasst"),
-            ("oasst_trees", sorted((real_data / "oasst_trees").glob("*.jsonl")), "oasst-tree"),
-        ):
-            if not paths:
-                continue
-            s = ingest(paths, out / f"store_{name}", fmt=fmt)
-            _print(console, name, s.as_dict())
-            summary["public_samples"][name] = s.as_dict()
+        for name, pattern, fmt in (("convai2", "convai2/*.json", "convai2"), ("oasst", "oasst/*.jsonl", "oasst"),
+                                   ("oasst_trees", "oasst_trees/*.jsonl", "oasst-tree")):  # fmt: skip
+            paths = sorted(real_data.glob(pattern))
+            if paths:
+                shutil.rmtree(out / f"store_{name}", ignore_errors=True)
+                s = ingest(paths, out / f"store_{name}", fmt=fmt)
+                _print(console, name, s.as_dict())
+                summary["public_samples"][name] = s.as_dict()
     else:
         console.print(f"[dim]public samples not found at {real_data}; skipped[/]")
 
