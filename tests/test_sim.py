@@ -287,3 +287,17 @@ def test_nothing_outside_sim_imports_it():
     offenders = [p for p in src.rglob("*.py") if p.relative_to(src).parts[0] not in allowed
                  and imports_sim.search(p.read_text())]  # fmt: skip
     assert offenders == []
+
+
+def test_ceiling_on_a_held_out_slice(tmp_path):
+    from rluf.data.ingest import ingest
+    from rluf.sim.ceiling import ceiling
+    from rluf.sim.simulate import simulate
+
+    run = simulate(tmp_path / "run", users=300, seed=3, workers=1)
+    ingest([run["logs"]], tmp_path / "run" / "store", workers=1)
+    c = ceiling(tmp_path / "run", from_day=20, seed=3)
+    assert c["messages"] > 500 and c["positives"] > 0
+    assert 0.6 < c["bayes_optimal_auroc"] <= 1.0 and 0.6 < c["expected_auroc"] <= 1.0
+    with pytest.raises(FileNotFoundError):
+        ceiling(tmp_path / "nowhere")
