@@ -47,9 +47,6 @@ class IngestError(RuntimeError):
     """The input cannot be ingested at all (a missing file, an unknown format...)."""
 
 
-# ======================================================================= planning
-
-
 SNIFF_LINES = 1000  # how many leading lines may be unreadable before a file's layout is unknown
 
 

@@ -89,7 +89,6 @@ class TaskResult:
     task_id: int
     read: int
     blank: int
-    units: int
     vectorized: int
     rejects: list[dict]
     staged: dict[str, str]  # table -> staged parquet path
@@ -105,8 +104,7 @@ class Stager:
         self.base = os.path.join(staging, f"task-{task.task_id:07d}")
         self.rows: dict[str, list[tuple]] = {t: [] for t in SCHEMAS}
         self.writers: dict[str, pq.ParquetWriter] = {}
-        self.count = 0  # units staged
-        self.vectorized = 0  # of which cleared by the vectorized path
+        self.vectorized = 0  # records cleared by the vectorized path
 
     def add(self, unit: Unit, line: int) -> None:
         t = self.task
@@ -118,7 +116,6 @@ class Stager:
         for m in unit.messages:
             if m[2] is not None and m[2] not in own:
                 self.rows["external_parents"].append((t.task_id, line, m[0], m[2]))
-        self.count += 1
         if len(self.rows["messages"]) >= self.FLUSH_ROWS or len(self.rows["ledger"]) >= self.FLUSH_ROWS:
             self.flush()
 
@@ -127,7 +124,6 @@ class Stager:
         if data.num_rows:
             self._writer(table).write_table(data.cast(SCHEMAS[table]))
             if table == "ledger":
-                self.count += data.num_rows
                 self.vectorized += data.num_rows
 
     def _writer(self, table: str) -> pq.ParquetWriter:
@@ -254,7 +250,7 @@ def run_task(task: Task, staging: str, limits: Limits, vectorized: bool = True) 
             raise ValueError(f"no reader for format {task.fmt!r}")
     finally:
         staged = stager.close()
-    return TaskResult(task.task_id, read, blank, stager.count, stager.vectorized, rejects, staged)
+    return TaskResult(task.task_id, read, blank, stager.vectorized, rejects, staged)
 
 
 def run_jsonl_lines(task: Task, lines: list[bytes], first_line: int, stager: Stager, rejects: list[dict],

@@ -193,6 +193,7 @@ class World:
         text, topic = prompts.first_prompt(cat, rng, rng.random() < u.vagueness)
         iso = self.iso
         started = t
+        kind = None  # how the previous answer landed: the follow-up prompt depends on it
         for e in range(n):
             if e:
                 text = prompts.follow_up(cat, topic, kind, rng, rng.random() < u.vagueness)
