@@ -70,7 +70,10 @@ def main() -> None:  # pragma: no cover
     ap.add_argument("--seed", type=int, default=0, help="the seed the run was simulated with")
     ap.add_argument("--store", type=Path, default=None, help="where the logs were ingested (default: RUN/store)")
     a = ap.parse_args()
-    print(json.dumps(ceiling(a.run, a.from_day, a.reaction, a.seed, a.store), indent=1))
+    try:
+        print(json.dumps(ceiling(a.run, a.from_day, a.reaction, a.seed, a.store), indent=1))
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":  # pragma: no cover
