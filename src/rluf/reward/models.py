@@ -1,0 +1,3 @@
+"""Every reward-model kind, imported so that `RewardModel.load` can find it by its `kind`."""
+
+from .base import LengthRewardModel, RewardModel  # noqa: F401

@@ -1,0 +1,1 @@
+"""Signals: which user reaction to trust, judged by how it relates to retention."""
