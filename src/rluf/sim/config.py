@@ -144,11 +144,15 @@ class ReactionConfig:
 
 @dataclass
 class RetentionConfig:
-    """P(retained) = sigmoid(intercept + helpfulness*mean_h + warmth*mean_w + N(0, noise_sd))."""
+    """P(retained) = sigmoid(intercept + helpfulness*mean_h + warmth*mean_v + N(0, noise_sd)).
+
+    mean_v: mean valued warmth, each answer's warmth times the user's warmth affinity (floored at 0)
+    times the category's warmth_weight: the warmth this user cares for in this job.
+    """
 
     intercept: float = -6.3
     helpfulness: float = 12.0
-    warmth: float = 6.0
+    warmth: float = 6.0  # per unit of mean valued warmth
     noise_sd: float = 0.3
     window_start: int = 14  # retained = active in [window_start, window_end) days after first seen
     window_end: int = 28

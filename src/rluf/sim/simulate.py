@@ -54,7 +54,7 @@ USER_SCHEMA = pa.schema([
     ("user_id", pa.string()), ("segment", pa.string()), ("propensity", pa.float64()), ("negativity", pa.float64()),
     ("bait_affinity", pa.float64()), ("sessions_per_day", pa.float64()), ("first_seen", _TS),
     ("p_retained", pa.float64()), ("retained", pa.bool_()), ("mean_helpfulness", pa.float64()),
-    ("mean_warmth", pa.float64()), ("n_conversations", pa.int32()), ("n_assistant_messages", pa.int32())])  # fmt: skip
+    ("mean_warmth", pa.float64()), ("mean_valued_warmth", pa.float64()), ("n_conversations", pa.int32()), ("n_assistant_messages", pa.int32())])  # fmt: skip
 assert tuple(MESSAGE_SCHEMA.names) == MESSAGE_TRUTH and tuple(USER_SCHEMA.names) == USER_TRUTH
 
 

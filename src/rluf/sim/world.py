@@ -6,7 +6,8 @@
 hold conversations on the days they are active (a per-user rate), get their answers from `policy`,
 and react to each answer according to the true reaction model (reactions.py). After
 `retention.window_start` days (14 by default) each user decides whether to stay:
-P(retained) = sigmoid(a + b * mean experienced helpfulness + c * mean experienced warmth + noise).
+P(retained) = sigmoid(a + b * mean experienced helpfulness + c * mean valued warmth + noise), the
+valued warmth being each answer's warmth times how much this user values warmth in its category.
 Retained users stay active through the retention window (days 14-27 after first seen) and beyond;
 the others stop, so the retention that `rluf stats` derives from activity equals the truth.
 
@@ -37,7 +38,7 @@ MESSAGE_TRUTH = ("message_id", "conversation_id", "user_id", "time", "category",
                  "p_love", "p_thumbs_up", "p_thumbs_down", "helpfulness", "warmth", "safety",
                  "love_bait", "refusal", "flattery", "on_topic", "correct", "warm_sentences", "emojis", "words")  # fmt: skip
 USER_TRUTH = ("user_id", "segment", "propensity", "negativity", "bait_affinity", "sessions_per_day", "first_seen",
-              "p_retained", "retained", "mean_helpfulness", "mean_warmth", "n_conversations",
+              "p_retained", "retained", "mean_helpfulness", "mean_warmth", "mean_valued_warmth", "n_conversations",
               "n_assistant_messages")  # fmt: skip
 
 
@@ -134,7 +135,7 @@ class World:
         horizon = self.start + (start_day + days) * DAY
         first = t0_day + rng.randrange(DAY - SESSION_SLACK)
         log = UserLog([], [], None)
-        state = {"h": 0.0, "w": 0.0, "n": 0}
+        state = {"h": 0.0, "w": 0.0, "v": 0.0, "n": 0}
         # days 0 .. window_start-1 after first seen; then the retention decision
         rs, re_ = cfg.retention.window_start, cfg.retention.window_end
         sessions = [first] + self._sessions(u, first, 0, rs, horizon)
@@ -142,8 +143,9 @@ class World:
             self._conversation(u, s, respond, policy_name, log, state, prefix)
         mh = state["h"] / max(state["n"], 1)
         mw = state["w"] / max(state["n"], 1)
+        mv = state["v"] / max(state["n"], 1)
         r = cfg.retention
-        p_ret = sigmoid(r.intercept + r.helpfulness * mh + r.warmth * mw + rng.gauss(0.0, r.noise_sd))
+        p_ret = sigmoid(r.intercept + r.helpfulness * mh + r.warmth * mv + rng.gauss(0.0, r.noise_sd))
         retained = rng.random() < p_ret
         if retained:
             later = self._sessions(u, first, rs, 10**6, horizon)
@@ -157,7 +159,7 @@ class World:
                 self._conversation(u, s, respond, policy_name, log, state, prefix)
         if log.records:
             log.user = (u.user_id, u.segment, u.z_pos, u.z_neg, u.bait_aff, u.rate, first, p_ret, retained,
-                        mh, mw, len(log.records), state["n"])  # fmt: skip
+                        mh, mw, mv, len(log.records), state["n"])  # fmt: skip
         return log
 
     def _sessions(self, u: User, first: int, d0: int, d1: int, horizon: int) -> list[int]:
@@ -221,6 +223,7 @@ class World:
                                  bool(f.flattery), bool(f.on_topic), bool(f.correct), f.warm, f.emoji, f.words))  # fmt: skip
             state["h"] += h
             state["w"] += w
+            state["v"] += w * max(u.warm_aff, 0.0) * self.cat_params[ci][1]  # warmth as this user values it here
             state["n"] += 1
             kind = "refused" if f.refusal else "unhelpful" if h < 0.4 else "helpful"
             t += rng.randint(15, 120)
