@@ -126,6 +126,32 @@ def stats(
 
 
 @app.command()
+def signals(
+    store: Path = typer.Option(..., "--store", help="Store directory written by `rluf ingest`."),
+    out_dir: Path = typer.Option(..., "--out", help="Writes OUT/signals.json and OUT/signals_vs_retention.png."),
+    retention_start: int = typer.Option(14, help="Retained = active from this day after first seen..."),
+    retention_end: int = typer.Option(28, help="...until (not including) this day."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="User-level bootstrap resamples for the 95 % intervals."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    min_assistant_messages: int = typer.Option(1, help="Users who received fewer assistant messages are left out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Which reaction predicts retention: per-reaction correlation and logistic coefficient with 95 % CIs."""
+    from .signals.retention import SignalsError, render_signals, signal_retention
+
+    try:
+        result = signal_retention(store, out_dir, retention_days=(retention_start, retention_end), n_boot=n_boot,
+                                  seed=seed, min_assistant_messages=min_assistant_messages)  # fmt: skip
+    except SignalsError as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(result, indent=1, default=str))
+    else:
+        render_signals(result, out)
+        out.print(f"written {Path(out_dir) / 'signals.json'} and {Path(out_dir) / 'signals_vs_retention.png'}")
+
+
+@app.command()
 def simulate(
     users: int = typer.Option(2000, "--users", help="Simulated users (each lives --days days)."),
     days: Optional[int] = typer.Option(None, "--days", help="Days simulated (default: the config's, 42)."),
