@@ -151,6 +151,105 @@ def signals(
         out.print(f"written {Path(out_dir) / 'signals.json'} and {Path(out_dir) / 'signals_vs_retention.png'}")
 
 
+def _read_config(path: Optional[Path]) -> dict:
+    """A YAML or JSON mapping of settings (empty when no file is given)."""
+    if path is None:
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        _fail(f"{path}: config file not found")
+    except yaml.YAMLError as exc:
+        _fail(f"{path}: not valid YAML/JSON ({exc})")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        _fail(f"{path}: a config must be a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+@app.command()
+def examples(
+    store: Path = typer.Option(..., "--store", help="Store directory written by `rluf ingest`."),
+    out_dir: Path = typer.Option(..., "--out", help="Writes train/val/test Parquet and report.json here."),
+    signal: Optional[str] = typer.Option(None, "--signal", help="Reaction name (love, thumbs_up, +1, ...), continued or returned_next_day."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML with ExampleConfig settings (docs/reward-data.md)."),
+):
+    """Reward-model training data: one example per assistant turn, chronological split, adversarial filter."""
+    from .reward.data import ExampleConfig, ExampleError, build_examples
+
+    settings = _read_config(config)
+    if signal:
+        settings["signal"] = signal
+    try:
+        ex = build_examples(store, ExampleConfig.from_dict(settings))
+    except (ExampleError, TypeError) as exc:
+        _fail(str(exc))
+    ex.save(out_dir)
+    out.print(ex.describe())
+    out.print(f"written {out_dir}")
+
+
+@app.command()
+def score(
+    model: List[Path] = typer.Option(..., "--model", help="A reward-model directory (repeat for several)."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Score every assistant message of this store..."),
+    input_file: Optional[Path] = typer.Option(None, "--input", help="...or the records of this JSONL/Parquet file ({context, response})."),
+    out_file: Path = typer.Option(..., "--out", help="Parquet file of scores, one column p_<model> per model."),
+    batch_size: int = typer.Option(256, help="Rows scored per batch."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Score through Ray Data: 'local' or a cluster address."),
+    concurrency: int = typer.Option(1, help="Ray actors (with --ray)."),
+    rejects: Optional[Path] = typer.Option(None, "--rejects", help="With --input: bad records go here instead of stopping the run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Score a store or a file with one or more reward models (locally or on a Ray cluster)."""
+    from .reward.base import RewardModelError
+    from .reward.score import ScoreError, score_file, score_store
+
+    if (store is None) == (input_file is None):
+        _fail("give exactly one of --store DIR or --input FILE")
+    try:
+        if store is not None:
+            result = score_store(list(model), store, out_file, batch_size=batch_size, ray_address=ray,
+                                 concurrency=concurrency)  # fmt: skip
+        else:
+            result = score_file(list(model), input_file, out_file, batch_size=batch_size, ray_address=ray,
+                                concurrency=concurrency, rejects=rejects)  # fmt: skip
+    except (ScoreError, RewardModelError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(result, indent=1, default=str))
+    else:
+        out.print(f"scored {result['rows']} rows with {len(result['models'])} model(s) in {result['seconds']:.1f}s "
+                  f"({result['backend']}) -> {result['out']}")  # fmt: skip
+        for name, s in (result.get("summary") or {}).items():
+            out.print(f"  {name}: {s}")
+
+
+@app.command()
+def serve(
+    model: List[str] = typer.Option(..., "--model", help="NAME=DIR of a reward model (repeat for several)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (keep loopback unless behind a proxy)."),
+    port: int = typer.Option(8000, help="Port."),
+    workers: int = typer.Option(1, help="Server processes."),
+    max_batch: int = typer.Option(256, help="Most items per /score request (413 above)."),
+    max_text_chars: int = typer.Option(20_000, help="Longest context or response accepted (413 above)."),
+    max_reward_batch: int = typer.Option(8192, help="Most queries per OpenRLHF /get_reward request."),
+):
+    """Serve reward models over HTTP: /score, OpenRLHF-compatible /get_reward, /health, /ready."""
+    from .reward.base import RewardModelError
+    from .reward.serve import parse_models, serve as run_server
+
+    try:
+        models = parse_models(list(model))
+        run_server(models, host=host, port=port, workers=workers, max_batch=max_batch,
+                   max_text_chars=max_text_chars, max_reward_batch=max_reward_batch)  # fmt: skip
+    except (RewardModelError, ValueError) as exc:
+        _fail(str(exc))
+
+
 @app.command()
 def simulate(
     users: int = typer.Option(2000, "--users", help="Simulated users (each lives --days days)."),
