@@ -78,7 +78,7 @@ class ExampleConfig:
     max_examples_per_user: int | None = 200  # cap per user, a seeded random subset kept (None: no cap)
     adversarial_filter: bool = True  # set implausible reactors aside from all splits
     max_reaction_share: float = 0.15  # rule (a): per-reaction share of received messages at or above this...
-    reaction_share_ratio: float = 10.0  # ...and at or above this multiple of the population share
+    reaction_share_ratio: float = 5.0  # ...and at or above this multiple of the typical (median) user's share
     min_messages: int = 20  # rule (a) applies to users with at least this many received messages
     min_read_seconds: float = 1.0  # rule (b): a reaction faster than max(this, words x the next) is too fast
     read_seconds_per_word: float = 0.05  # 0.5 s per 10 words, i.e. 1,200 words a minute
@@ -447,8 +447,17 @@ def _adversarial(con, msgs, ex, plan: _Plan, config: ExampleConfig, timing) -> t
     pop: dict[str, int] = {}
     for _, name, k in hits:
         pop[name] = pop.get(name, 0) + k
-    thresholds = {name: max(config.max_reaction_share, min(1.0, config.reaction_share_ratio * k / total))
-                  for name, k in pop.items()}  # fmt: skip
+    # The typical user's share (the median over users judged, zeros included) is robust to the very users
+    # the rule looks for, who inflate the population share.
+    eligible = [u for u, n in received.items() if n >= config.min_messages]
+    per_user: dict[str, dict[str, int]] = {}
+    for uid, name, k in hits:
+        per_user.setdefault(name, {})[uid] = k
+    typical = {name: float(np.median([per_user[name].get(u, 0) / received[u] for u in eligible])) if eligible else 0.0
+               for name in pop}  # fmt: skip
+    thresholds = {name: max(config.max_reaction_share, min(1.0, config.reaction_share_ratio * typical[name]))
+                  for name in pop}  # fmt: skip
+    info["typical_user_share"] = {name: round(v, 6) for name, v in sorted(typical.items())}
     info["population_share"] = {name: _rate(k, total) for name, k in sorted(pop.items())}
     info["share_thresholds"] = {name: round(v, 6) for name, v in sorted(thresholds.items())}
     flags = []
