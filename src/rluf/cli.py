@@ -192,6 +192,67 @@ def examples(
     out.print(f"written {out_dir}")
 
 
+@app.command("train-rm")
+def train_rm(
+    out_dir: Path = typer.Option(..., "--out", help="Model directory: model.safetensors, config.json, metrics.json, reliability.png."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Build the examples from this store..."),
+    examples_dir: Optional[Path] = typer.Option(None, "--examples", help="...or load those `rluf examples` wrote."),
+    signal: Optional[str] = typer.Option(None, "--signal", help="With --store: reaction name, continued or returned_next_day (default love)."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="encoder (MiniLM + head), ngram (hashed n-grams + LR) or length (baseline)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="encoder only: frozen (cached embeddings, head only) or full (fine-tune)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="encoder only: a Hugging Face model directory (default: all-MiniLM-L6-v2)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML with `examples:` (ExampleConfig) and `train:` (RewardTrainConfig) sections."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+):
+    """Train a calibrated reward model P[signal | context, response] and evaluate it on held-out later turns."""
+    from .reward.base import RewardModelError
+    from .reward.data import ExampleConfig, ExampleError, ExampleSet, build_examples
+    from .reward.metrics import MetricError
+    from .reward.train import RewardTrainConfig, train_reward_model
+
+    if (store is None) == (examples_dir is None):
+        _fail("give exactly one of --store DIR or --examples DIR")
+    settings = _read_config(config)
+    unknown = sorted(set(settings) - {"examples", "train"})
+    if unknown:
+        _fail(f"{config}: unknown section(s) {unknown}; use `examples:` and `train:`")
+    ex_settings, train_settings = dict(settings.get("examples") or {}), dict(settings.get("train") or {})
+    if kind:
+        train_settings["kind"] = kind
+    kind_settings = dict(train_settings.get("settings") or {})
+    if mode:
+        kind_settings["mode"] = mode
+    if backbone:
+        kind_settings["backbone"] = backbone
+    if kind_settings:
+        train_settings["settings"] = kind_settings
+    try:
+        if store is not None:
+            if signal:
+                ex_settings["signal"] = signal
+            ex = build_examples(store, ExampleConfig.from_dict(ex_settings))
+        else:
+            if signal or ex_settings:
+                _fail("--signal and `examples:` settings apply to --store; the examples in --examples are already built")
+            ex = ExampleSet.load(examples_dir)
+        train_config = RewardTrainConfig.from_dict(train_settings)
+        with _progress(f"train {train_config.kind}"):
+            _, metrics = train_reward_model(ex, train_config, out_dir)
+    except (ExampleError, RewardModelError, MetricError, TypeError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(metrics, indent=1, default=str))
+        return
+    t = metrics["test"]
+    out.print(f"{metrics['kind']} P\\[{metrics['signal']}]: trained on {metrics['data']['train_rows']} examples "
+              f"({metrics['data']['train_positives']} positive, base rate {metrics['data']['true_rate']:.4f}) "
+              f"in {metrics['fit_seconds']:.1f}s")  # fmt: skip
+    out.print(f"test n={t['n']} positives={t['positives']}: AUROC {t['auroc']:.4f} [{t['auroc_ci95'][0]:.4f}, "
+              f"{t['auroc_ci95'][1]:.4f}]  PR-AUC {t['pr_auc']:.4f}  log loss {t['log_loss']:.4f}  Brier {t['brier']:.4f}"
+              f"  ECE {t['ece']:.4f}  length r {t['length_r']:+.3f}")  # fmt: skip
+    out.print(f"written {out_dir} (model.safetensors, config.json, metrics.json, reliability.png)")
+
+
 @app.command()
 def score(
     model: List[Path] = typer.Option(..., "--model", help="A reward-model directory (repeat for several)."),
