@@ -151,14 +151,16 @@ def _frozen_backbone(path: str, device: str):
 class Head(nn.Module):
     """Standardise the features with fixed statistics, then a linear map or a one-hidden-layer MLP."""
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, bias: float = 0.0):
         super().__init__()
         self.register_buffer("mu", torch.zeros(dim))
         self.register_buffer("sd", torch.ones(dim))
         self.net = nn.Linear(dim, 1) if hidden == 0 else nn.Sequential(nn.Linear(dim, hidden), nn.GELU(),
                                                                        nn.Linear(hidden, 1))  # fmt: skip
         last = self.net if hidden == 0 else self.net[-1]
-        nn.init.zeros_(last.bias)  # a Bradley-Terry loss never moves it: pairwise scores stay centred at 0
+        # pointwise: the training base rate's log-odds (a small head under early stopping would otherwise
+        # spend its steps walking the bias from 0); pairwise: 0, which a Bradley-Terry loss never moves
+        nn.init.constant_(last.bias, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mu) / self.sd).squeeze(-1)
@@ -338,7 +340,10 @@ class EncoderRewardModel(RewardModel):
             z = score(val[0], val[1])
             return float(nn.functional.binary_cross_entropy_with_logits(z, yv.to(z.device)))
 
-        self._train([(contexts, responses)], lambda zs, idx: loss(zs[0], idx), None if val is None else val_loss)
+        rate = float((y * w).sum() / w.sum().clamp(min=1e-12))
+        prior = math.log(rate / (1 - rate)) if 0 < rate < 1 else 0.0  # the head starts at the base rate's log-odds
+        self._train([(contexts, responses)], lambda zs, idx: loss(zs[0], idx), None if val is None else val_loss,
+                    bias=prior)  # fmt: skip
         return self
 
     def fit_pairwise(self, contexts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str],
@@ -361,7 +366,7 @@ class EncoderRewardModel(RewardModel):
                     None if val is None else val_loss)  # fmt: skip
         return self
 
-    def _train(self, groups: list[tuple], batch_loss: Callable, val_loss: Callable | None) -> None:
+    def _train(self, groups: list[tuple], batch_loss: Callable, val_loss: Callable | None, bias: float = 0.0) -> None:
         """Shared loop. `groups`: (contexts, responses) sets scored per example (1 pointwise, 2 pairwise);
         batch_loss(list of per-group logits, idx) -> loss; val_loss(score) -> float."""
         cfg, dev = self.cfg, self.device
@@ -379,7 +384,7 @@ class EncoderRewardModel(RewardModel):
         if cfg.mode == "frozen":
             xs = [self.features(c, r).to(dev) for c, r in groups]
             allx = torch.cat(xs)
-            self.head = Head(allx.shape[1], cfg.head_hidden).to(dev)
+            self.head = Head(allx.shape[1], cfg.head_hidden, bias).to(dev)
             self.head.mu.copy_(allx.mean(0))
             self.head.sd.copy_(allx.std(0).clamp(min=1e-6))
 
@@ -390,7 +395,7 @@ class EncoderRewardModel(RewardModel):
             batch, modules, decay = cfg.head_batch, [self.head], False
         else:
             ids = [{v: self.tokenize(c, r, v) for v in cfg.views} for c, r in groups]
-            self.head = Head(self.encoder.config.hidden_size * len(cfg.views), cfg.head_hidden).to(dev)
+            self.head = Head(self.encoder.config.hidden_size * len(cfg.views), cfg.head_hidden, bias).to(dev)
 
             def score_batch(idx):
                 return [self.head(self._features_grad(g, idx)) for g in ids]
