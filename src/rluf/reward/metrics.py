@@ -157,6 +157,7 @@ def reliability_diagram(y, p, path: str | Path, title: str = "Reliability", n_bi
     mp = np.array([r["mean_p"] for r in rows])
     rate = np.array([r["rate"] for r in rows])
     err = np.array([[r["rate"] - r["rate_lo"] for r in rows], [r["rate_hi"] - r["rate"] for r in rows]])
+    err = np.clip(err, 0.0, None)  # a Wilson bound can overshoot the rate by a rounding error at 0 or 1
     ax.errorbar(mp, rate, yerr=err, fmt="o-", ms=4, capsize=2, label="observed rate (Wilson 95 %)")
     ax.set_xlim(0, lim)
     ax.set_ylim(0, lim)
