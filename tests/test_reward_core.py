@@ -349,3 +349,14 @@ def test_reward_function_in_a_trl_style_call(trained):
         funcs[0](prompts, completions[:1])
     with pytest.raises(RewardModelError, match="not a reward model directory"):
         RewardFunction(root / "nowhere")
+
+
+def test_reliability_diagram_draws_bins_whose_rate_is_0_or_1(tmp_path):
+    from rluf.reward.metrics import reliability_diagram
+
+    # a bin of 3 rows with no positive: its Wilson lower bound comes out as 5.6e-17, above the rate 0
+    p = np.array([0.01] * 50 + [0.14, 0.15, 0.16])
+    y = np.array([0.0] * 49 + [1.0] + [0.0] * 3)
+    assert any(r["rate_lo"] > r["rate"] for r in M.reliability(y, p))
+    reliability_diagram(y, p, tmp_path / "r.png", title="edge bins")
+    assert (tmp_path / "r.png").stat().st_size > 0
