@@ -35,7 +35,7 @@ BROKEN_LINES = [
 ]
 
 
-def run_demo(out: Path, console: Console | None = None, users: int = 1000, seed: int = 0,
+def run_demo(out: Path, console: Console | None = None, users: int = 2000, seed: int = 0,
              real_data: Path = REAL_DATA, reward_kinds: tuple[str, ...] = ("ngram", "length")) -> dict:  # fmt: skip
     console = console or Console()
     out = Path(out)
