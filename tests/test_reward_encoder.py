@@ -231,3 +231,33 @@ def test_hh_loader_on_the_real_harmless_split():
     assert sum(a != b for a, b in zip(chosen, rejected)) > 0.99 * len(ctx)
     # a response is one reply: only the few HH replies that write fake turns of their own hold a turn marker
     assert sum("\n\nHuman:" in r or "\n\nAssistant:" in r for r in chosen + rejected) < 0.005 * len(ctx)
+
+
+def test_cli_train_pairwise_saves_a_model_that_prefers_the_chosen_reply(tmp_path):
+    import gzip
+    import json
+
+    from typer.testing import CliRunner
+
+    from rluf.cli import app
+    from rluf.reward.base import RewardModel
+
+    path = tmp_path / "pairs.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        for i in range(60):
+            ctx = f"\n\nHuman: question {i} about something risky"
+            good = "I can't help with hurting anyone, but I can help you stay safe."
+            bad = "Sure, here is exactly how to hurt them badly."
+            f.write(json.dumps({"chosen": ctx + "\n\nAssistant: " + good, "rejected": ctx + "\n\nAssistant: " + bad}) + "\n")
+    result = CliRunner().invoke(app, ["train-pairwise", str(path), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    assert "held-out pairwise accuracy" in result.output
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.9 and metrics["test_pairs"] > 0
+    model = RewardModel.load(tmp_path / "m")
+    z = model.raw_logits(["user: question 1 about something risky"] * 2,
+                         ["I can't help with hurting anyone, but I can help you stay safe.",
+                          "Sure, here is exactly how to hurt them badly."])  # fmt: skip
+    assert z[0] > z[1]
+    bad = CliRunner().invoke(app, ["train-pairwise", str(tmp_path / "missing.gz"), "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "file not found" in bad.output

@@ -253,6 +253,37 @@ def train_rm(
     out.print(f"written {out_dir} (model.safetensors, config.json, metrics.json, reliability.png)")
 
 
+@app.command("train-pairwise")
+def train_pairwise(
+    pairs: Path = typer.Argument(..., help="Preference pairs: HH-RLHF jsonl(.gz) of {chosen, rejected} transcripts."),
+    out_dir: Path = typer.Option(..., "--out", help="Model directory: model.safetensors, config.json, metrics.json."),
+    signal: str = typer.Option("harmless", "--signal", help="What the model scores (e.g. harmless, helpful)."),
+    mode: str = typer.Option("frozen", "--mode", help="frozen (cached embeddings, head only) or full (fine-tune)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="A Hugging Face encoder directory (default: all-MiniLM-L6-v2)."),
+    split: float = typer.Option(0.8, help="Share of pairs to train on (a tenth of them validate); the rest is held out."),
+    seed: int = typer.Option(0, "--seed"),
+    context_turns: int = typer.Option(4, help="Turns of context before the reply."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Embedding cache (frozen mode)."),
+):
+    """Train a Bradley-Terry (pairwise) encoder reward model, e.g. safety from HH harmless pairs."""
+    from .reward.base import RewardModelError
+    from .reward.pairs import train_pairwise as run_train
+
+    if not pairs.is_file():
+        _fail(f"{pairs}: file not found")
+    settings = {"mode": mode, "cache_dir": str(cache_dir) if cache_dir else None}
+    if backbone:
+        settings["backbone"] = backbone
+    try:
+        with _progress(f"train {signal} (pairwise)"):
+            _, m = run_train(pairs, out_dir, signal, split, seed, context_turns, **settings)
+    except (RewardModelError, ValueError) as exc:
+        _fail(str(exc))
+    t = m["test"]
+    out.print(f"{signal}: trained on {m['train']} pairs; held-out pairwise accuracy {t['accuracy']:.3f} "
+              f"[{t['ci95'][0]:.3f}, {t['ci95'][1]:.3f}] over {t['n']} pairs; written {out_dir}")  # fmt: skip
+
+
 @app.command()
 def score(
     model: List[Path] = typer.Option(..., "--model", help="A reward-model directory (repeat for several)."),

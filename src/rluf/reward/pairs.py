@@ -120,6 +120,38 @@ def pairwise_accuracy(model, contexts: Sequence[str], chosen: Sequence[str], rej
             "ties": int((d == 0).sum())}  # fmt: skip
 
 
+def train_pairwise(path: str | Path, out_dir: str | Path | None = None, signal: str = "harmless", split: float = 0.8,
+                   seed: int = 0, context_turns: int = 4, **settings) -> tuple:
+    """Train a Bradley-Terry encoder reward model on the HH-RLHF pairs in `path`, split by record (`split` of
+    them to train, a tenth of those to validate, the rest held out); report held-out pairwise accuracy with
+    its bootstrap CI; save the model and metrics.json to `out_dir` when given. Returns (model, metrics)."""
+    from .encoder import EncoderRewardModel
+
+    if not 0.0 < split < 1.0:
+        raise ValueError(f"split must lie strictly between 0 and 1, got {split}")
+    ctx, ch, rj = load_hh_pairs(path, context_turns)
+    perm = np.random.default_rng(seed).permutation(len(ctx))  # split by record
+    n_train = int(round(split * len(ctx)))
+    n_fit = int(round(0.9 * n_train))
+    if n_fit < 1 or n_train == n_fit or n_train == len(ctx):
+        raise ValueError(f"{path}: {len(ctx)} pairs are too few to split into train, validation and test")
+    side = np.empty(len(ctx), dtype=np.int64)
+    side[perm[:n_fit]], side[perm[n_fit:n_train]], side[perm[n_train:]] = 0, 1, 2
+    pick = lambda s: tuple([x[i] for i in np.flatnonzero(side == s)] for x in (ctx, ch, rj))  # noqa: E731
+    train, val, test = pick(0), pick(1), pick(2)
+    model = EncoderRewardModel(signal, context_turns, seed=seed, **settings)
+    model.fit_pairwise(*train, val=val)
+    metrics = {"source": str(path), "records": len(ctx), "train": len(train[0]), "val": len(val[0]),
+               "test_pairs": len(test[0]), "settings": {k: v for k, v in model.config().items() if k != "history"},
+               "best_epoch": model.history.get("best_epoch"), "test": pairwise_accuracy(model, *test),
+               "train_accuracy": pairwise_accuracy(model, *train)}  # fmt: skip
+    if out_dir is not None:
+        model.metrics = {"pairwise": metrics["test"]}
+        model.save(out_dir)
+        (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str) + "\n")
+    return model, metrics
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m rluf.reward.pairs", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -133,29 +165,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--cache-dir", default=None, help="embedding cache (frozen mode)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--out", type=Path, default=None, help="save the model and metrics.json here")
     args = ap.parse_args(argv)
 
     import torch
 
-    from .encoder import EncoderRewardModel
-
     torch.set_num_threads(args.threads)
-    ctx, ch, rj = load_hh_pairs(args.path, args.context_turns)
-    perm = np.random.default_rng(args.seed).permutation(len(ctx))  # split by record
-    n_train = int(round(args.split * len(ctx)))
-    n_fit = int(round(0.9 * n_train))
-    side = np.empty(len(ctx), dtype=np.int64)
-    side[perm[:n_fit]], side[perm[n_fit:n_train]], side[perm[n_train:]] = 0, 1, 2
-    pick = lambda s: tuple([x[i] for i in np.flatnonzero(side == s)] for x in (ctx, ch, rj))  # noqa: E731
-    train, val, test = pick(0), pick(1), pick(2)
-    model = EncoderRewardModel("harmless", args.context_turns, mode=args.mode, features=args.features,
-                               head_hidden=args.head_hidden, epochs=args.epochs, seed=args.seed,
-                               cache_dir=args.cache_dir)  # fmt: skip
-    model.fit_pairwise(*train, val=val)
-    out = {"records": len(ctx), "train": len(train[0]), "val": len(val[0]),
-           "settings": {k: v for k, v in model.config().items() if k != "history"},
-           "best_epoch": model.history["best_epoch"], "test": pairwise_accuracy(model, *test),
-           "train_accuracy": pairwise_accuracy(model, *train)}  # fmt: skip
+    _, out = train_pairwise(args.path, args.out, "harmless", args.split, args.seed, args.context_turns, mode=args.mode,
+                            features=args.features, head_hidden=args.head_hidden, epochs=args.epochs,
+                            cache_dir=args.cache_dir)  # fmt: skip
     print(json.dumps(out, indent=1))
     return out
 
