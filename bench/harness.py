@@ -21,6 +21,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -152,6 +153,15 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
     ap.add_argument("--json", action="store_true", help="print the result as JSON on stdout (the table goes to stderr)")
     ap.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
     return ap
+
+
+def in_workdir(args: argparse.Namespace, name: str, run: Callable[[argparse.Namespace, Path], dict]) -> dict:
+    """run(args, work) in `args.workdir` (created, kept) or, when it is None, in a temporary directory."""
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        return run(args, args.workdir)
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+        return run(args, Path(tmp))
 
 
 def report(name: str, args: argparse.Namespace, items_label: str, results: dict[str, dict], candidate: str,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from bench import harness
@@ -43,11 +42,7 @@ def main(argv: list[str]) -> dict:
                     help="keep the input here and reuse it on later runs (default: a temporary directory)")  # fmt: skip
     ap.add_argument("--workers", type=int, default=None, help="rluf ingest --workers (default: its own)")
     args = ap.parse_args(argv)
-    if args.workdir:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        return run(args, args.workdir)
-    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        return run(args, Path(tmp))
+    return harness.in_workdir(args, "ingest", run)
 
 
 def run(args, work: Path) -> dict:

@@ -22,7 +22,6 @@ import dataclasses
 import json
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,11 +42,7 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--adversarial", type=float, default=0.05, help="share of adversarial users added (0: skip)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the outputs here (default: a temporary directory)")
     args = ap.parse_args(argv)
-    if args.workdir:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        return run(args, args.workdir)
-    with tempfile.TemporaryDirectory(prefix="bench-reward-") as tmp:
-        return run(args, Path(tmp))
+    return harness.in_workdir(args, "reward", run)
 
 
 def oracle_probabilities(store: Path, message_ids: list[str], signal: str, seed: int) -> np.ndarray:

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,11 +38,7 @@ def main(argv: list[str]) -> dict:
     args = ap.parse_args(argv)
     if not REAL.is_dir():
         raise SystemExit(f"error: {REAL} not found; set RLUF_REAL_DATA to the folder of the public samples")
-    if args.workdir:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        return run(args, args.workdir)
-    with tempfile.TemporaryDirectory(prefix="bench-reward-real-") as tmp:
-        return run(args, Path(tmp))
+    return harness.in_workdir(args, "reward-real", run)
 
 
 def run(args, work: Path) -> dict:

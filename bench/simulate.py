@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from bench import harness
@@ -36,11 +35,7 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None, help="where the outputs go (default: a temporary directory)")
     args = ap.parse_args(argv)
-    if args.workdir:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        return run(args, args.workdir)
-    with tempfile.TemporaryDirectory(prefix="bench-simulate-") as tmp:
-        return run(args, Path(tmp))
+    return harness.in_workdir(args, "simulate", run)
 
 
 def run(args, work: Path) -> dict:
