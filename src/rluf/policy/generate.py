@@ -1,0 +1,105 @@
+"""Sampling replies from any Hugging Face causal LM, and serving one to the simulated users.
+
+    python -c "from rluf.policy.generate import PolicyResponder; import random; p = PolicyResponder('runs/demo/sft'); print(p.respond([{'role': 'user', 'text': 'how do i parse a json file in go?', 'category': 'coding'}], random.Random(0)))"
+
+`generate(model, tokenizer, prompts)` renders each prompt with the tokenizer's own chat template
+(generation prompt appended), left-pads the batch, samples, stops each reply at the tokenizer's eos
+and returns the decoded texts without special tokens. Sampling is plain: `temperature` and `top_p`
+as given and no top-k cut, whatever the model's generation_config holds; temperature 0 is greedy.
+With `seed` the draw is reproducible for the same prompts and batch size, and the caller's torch
+RNG is left as it was.
+
+`PolicyResponder(dir)` is a policy for `rluf.sim.world.World.serve`: `respond(context, rng)` takes
+the simulator's {"role", "text"} turns and draws its torch seed from `rng`, so a served run is
+reproducible like the simulator's own baseline.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .chat import chat_messages
+
+
+def generate(model, tokenizer, prompts: list[Any], *, num_return_sequences: int = 1, max_new_tokens: int = 96,
+             temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None, batch_size: int = 64,
+             max_prompt_tokens: int | None = None) -> list[list[str]]:  # fmt: skip
+    """Sample `num_return_sequences` replies per prompt -> one list of texts per prompt.
+
+    prompts: each a string (one user turn) or a list of chat messages ({"role", "content"} or
+    {"role", "text"}). max_prompt_tokens: keep the last this many prompt tokens (default: the
+    model's context length minus max_new_tokens).
+    """
+    if num_return_sequences < 1 or max_new_tokens < 1 or batch_size < 1:
+        raise ValueError("num_return_sequences, max_new_tokens and batch_size must be >= 1, got "
+                         f"{num_return_sequences}, {max_new_tokens}, {batch_size}")  # fmt: skip
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"temperature must be >= 0 and top_p in (0, 1], got {temperature} and {top_p}")
+    if tokenizer.chat_template is None:
+        raise ValueError("the tokenizer has no chat template; a policy directory must carry one (rluf sft writes it)")
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token: replies would never stop")
+    pad = eos if pad is None else pad
+    if max_prompt_tokens is None:
+        context = getattr(model.config, "max_position_embeddings", None) or 2048
+        max_prompt_tokens = max(1, context - max_new_tokens)
+    encoded = []
+    for p in prompts:
+        text = tokenizer.apply_chat_template(chat_messages(p), add_generation_prompt=True, tokenize=False)
+        encoded.append(tokenizer(text, add_special_tokens=False)["input_ids"][-max_prompt_tokens:])
+    device = next(model.parameters()).device
+    sample = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else {"do_sample": False}
+    was_training = model.training
+    model.eval()
+    replies: list[list[str]] = [[] for _ in prompts]
+    per_batch = max(1, batch_size // num_return_sequences)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        if seed is not None:
+            torch.manual_seed(seed)
+        for start in range(0, len(encoded), per_batch):
+            chunk = encoded[start: start + per_batch]
+            width = max(len(x) for x in chunk)
+            ids = torch.tensor([[pad] * (width - len(x)) + x for x in chunk], device=device)
+            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in chunk], device=device)
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                 num_return_sequences=num_return_sequences, eos_token_id=eos, pad_token_id=pad,
+                                 **sample)  # fmt: skip
+            for k, row in enumerate(out[:, width:].tolist()):
+                if eos in row:
+                    row = row[: row.index(eos)]
+                replies[start + k // num_return_sequences].append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    model.train(was_training)
+    return replies
+
+
+class PolicyResponder:
+    """A Hugging Face causal-LM directory as a simulator policy: `respond(context, rng) -> str`."""
+
+    def __init__(self, model_dir: str | Path, max_new_tokens: int = 96, temperature: float = 1.0, top_p: float = 1.0,
+                 name: str | None = None):  # fmt: skip
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+            self.model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{model_dir}: not a Hugging Face causal-LM directory ({exc})") from None
+        self.model.eval()
+        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        self.name = name or Path(model_dir).name
+
+    def respond(self, context: list[dict], rng: random.Random) -> str:
+        """One reply to the conversation so far ({"role", "text"} turns; other keys ignored)."""
+        return self.respond_batch([context], rng)[0]
+
+    def respond_batch(self, contexts: list[list[dict]], rng: random.Random) -> list[str]:
+        """One reply per conversation, sampled in one batch under one seed drawn from `rng`."""
+        out = generate(self.model, self.tokenizer, contexts, max_new_tokens=self.max_new_tokens,
+                       temperature=self.temperature, top_p=self.top_p, seed=rng.getrandbits(63))  # fmt: skip
+        return [r[0] for r in out]
