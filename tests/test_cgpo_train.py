@@ -1,0 +1,161 @@
+"""The CGPO trainer end to end on CPU: a random tiny Llama, tiny reward models, a small simulated store."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from rluf.data.ingest import ingest
+from rluf.judges import build_judges
+from rluf.policy.cgpo import CGPOConfig, CGPOError, CGPOTrainer, _seed, load_config
+from rluf.policy.data import load_prompts
+from rluf.policy.tiny import build_tiny_lm
+from rluf.policy.tokenizer import train_tokenizer
+from rluf.reward.ngram import NGramRewardModel
+from rluf.sim.simulate import simulate
+
+TIMING = {"step_time", "tokens_per_s", "samples_per_s"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cgpo")
+    simulate(root / "sim", users=40, seed=0, workers=1)
+    ingest([root / "sim" / "logs"], root / "store", workers=1)
+    rows = load_prompts(root / "store")
+    texts = [m["content"] for r in rows for m in r.prompt] + [r.baseline for r in rows]
+    tok = train_tokenizer(texts, vocab_size=512, out_dir=root / "policy")
+    build_tiny_lm(tok, n_layer=1, n_embd=32, n_head=2, seed=0).save_pretrained(root / "policy")
+    contexts = ["user: " + r.prompt[-1]["content"] for r in rows]
+    replies = [r.baseline for r in rows]
+    for name, word in (("love", "love"), ("helpful", "the")):  # stand-in labels: does the reply contain the word
+        labels = [int(word in t.lower()) for t in replies]
+        NGramRewardModel(signal=name, c=1.0).fit(contexts, replies, labels).save(root / "rm" / name)
+    return root
+
+
+def _config(root: Path, out: str, **kw) -> dict:
+    cfg = {"policy": str(root / "policy"), "prompts": str(root / "store"), "out": str(root / out),
+           "reward_models": {"love": str(root / "rm" / "love"), "helpful": str(root / "rm" / "helpful")},
+           "preset": "aggressive", "steps": 2, "max_new_tokens": 12, "eval_prompts": 8, "save_every": 0,
+           "learning_rate": 1e-3, "judges": [{"type": "love_bait"}, {"type": "length", "max_words": 40}],
+           "tasks": [{"name": "emotional", "categories": ["role_play", "relationship_support", "casual_chat",
+                                                          "companionship", "humor", "creative_writing"],
+                      "optimizer": "crpg", "k": 2, "batch_prompts": 2},
+                     {"name": "practical", "optimizer": "crraft", "k": 2, "batch_prompts": 2, "kl_max": 20.0}]}
+    cfg.update(kw)
+    return cfg
+
+
+def test_training_logs_changes_parameters_and_saves_a_loadable_model(setup):
+    from transformers import AutoModelForCausalLM
+
+    trainer = CGPOTrainer(CGPOConfig.from_dict(_config(setup, "run")))
+    before = [p.detach().clone() for p in trainer.policy.parameters()]
+    summary = trainer.train()
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.policy.parameters()))
+    rows = [json.loads(line) for line in (setup / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("loss", "kl", "reward/mean", "rewards/love/mean", "rewards/love/std", "rewards/helpful/mean",
+                "judges/love_bait/pass_rate", "judges/length/pass_rate", "judges/all/pass_rate", "tokens_per_s",
+                "task/emotional/kl", "task/practical/reward"):
+        assert key in rows[-1] and np.isfinite(rows[-1][key]), key
+    assert summary["weights"]["emotional"] == {"love": 0.3, "helpful": 0.7}
+    assert "before/p_love" in summary and "after/p_love" in summary
+    assert AutoModelForCausalLM.from_pretrained(setup / "run") is not None
+    assert not list((setup / "run").glob("*.bin")) and (setup / "run" / "model.safetensors").is_file()
+
+
+def test_violating_samples_lose_likelihood_and_kl_stays_bounded(setup):
+    cfg = CGPOConfig.from_dict(_config(setup, "viol", tasks=[{"name": "all", "k": 4, "batch_prompts": 4,
+                                                                "kl_max": 4.0}], learning_rate=3e-3))
+    t = CGPOTrainer(cfg)
+    task = cfg.tasks[0]
+    rows = t._task_batch(task, 0)
+    p_ids, p_mask, comp = t.generate([r.prompt for r in rows], task.k, _seed(cfg.seed, 0, task.name, "generate", 0))
+    c_mask = t._completion_mask(comp)
+    words = [len(x.split()) for x in t._texts(comp, c_mask)]
+    cut = int(np.median(words))
+    # a judge that fails about half the samples: the longer ones
+    t.judges[task.name] = build_judges([{"type": "length", "max_words": cut}])
+    violated = torch.tensor([w > cut for w in words])
+    assert 0 < int(violated.sum()) < len(words)
+    with torch.no_grad():
+        lp0, _ = t._logps(p_ids, p_mask, comp, c_mask)
+    logs = t.step(0)  # same seed: regenerates exactly these samples, then updates
+    with torch.no_grad():
+        lp1, _ = t._logps(p_ids, p_mask, comp, c_mask)
+    delta = (lp1 - lp0).numpy()
+    assert delta[violated.numpy()].mean() < 0
+    assert delta[violated.numpy()].mean() < delta[~violated.numpy()].mean()
+    kls = [logs["kl"]] + [t.step(s)["kl"] for s in range(1, 6)]
+    assert max(kls) <= task.kl_max, kls
+
+
+def test_bad_configs_fail_clearly(setup, tmp_path):
+    with pytest.raises(CGPOError, match="no training prompts"):
+        CGPOTrainer(CGPOConfig.from_dict(_config(setup, "x", tasks=[{"name": "a", "categories": ["nonexistent"]}])))
+    with pytest.raises(CGPOError, match="not a Hugging Face causal-LM"):
+        CGPOTrainer(CGPOConfig.from_dict(_config(setup, "x", policy=str(tmp_path))))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(CGPOError, match="mapping"):
+        load_config(bad)
+
+
+def _run(root: Path, cfg: dict, name: str, env=None) -> subprocess.Popen:
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return subprocess.Popen([sys.executable, "-m", "rluf.policy.cgpo", "--config", str(path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _metrics(path: Path) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_final_metrics(setup):
+    cfg = _config(setup, "whole", steps=6, save_every=2, eval_prompts=0)
+    whole = _run(setup, cfg, "whole")
+    assert whole.wait(timeout=300) == 0, whole.stdout.read()
+    cfg_k = _config(setup, "killed", steps=6, save_every=2, eval_prompts=0)
+    proc = _run(setup, cfg_k, "killed")
+    ckpt = setup / "killed" / "checkpoints" / "step-000004"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed; give it more steps"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (setup / "killed" / "summary.json").exists()
+    resumed = _run(setup, cfg_k, "killed")
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
+    assert _metrics(setup / "killed" / "metrics.jsonl") == _metrics(setup / "whole" / "metrics.jsonl")
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_under_accelerate(setup):
+    # without GPUs, `--multi_gpu` makes accelerate start the processes with torchrun; they join over gloo on CPU
+    cfg = _config(setup, "ddp", steps=2, eval_prompts=4)
+    path = setup / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
+                           "rluf.policy.cgpo", "--config", str(path)], env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((setup / "ddp" / "summary.json").read_text())
+    assert summary["processes"] == 2
+    rows = _metrics(setup / "ddp" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
