@@ -377,6 +377,143 @@ def simulate(
 
 
 @app.command()
+def annotate(
+    store: Path = typer.Option(..., "--store", help="Store holding the ingested logs of a simulate run."),
+    truth: Path = typer.Option(..., "--truth", help="DIR/truth of the same simulate run (the raters' ground truth)."),
+    out_dir: Path = typer.Option(..., "--out", help="Writes OUT/examples, OUT/helpful, OUT/safe and OUT/summary.json."),
+    n: int = typer.Option(20_000, "--n", help="Replies labelled per signal."),
+    seed: int = typer.Option(0, "--seed"),
+    kind: str = typer.Option("ngram", "--kind", help="Reward model kind for both models."),
+):
+    """Simulated raters label a sample of logged replies for helpfulness and safety; train both reward models."""
+    from .reward.base import RewardModelError
+    from .reward.data import ExampleError
+    from .sim.annotate import AnnotationError, train_annotated_models
+
+    try:
+        with _progress("annotate + train helpful, safe"):
+            result = train_annotated_models(store, truth, out_dir, n=n, seed=seed, kind=kind)
+    except (AnnotationError, ExampleError, RewardModelError) as exc:
+        _fail(str(exc))
+    h, s = result["helpful"], result["safe"]
+    out.print(f"helpful: r with true helpfulness {h['truth']['helpfulness_r']:.3f} (n={h['truth']['n']:,}) -> {h['dir']}")
+    out.print(f"safe: AUROC {s['truth']['safe_auroc']:.3f} vs the true class (unsafe={s['truth']['unsafe']}) -> {s['dir']}")
+
+
+_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@app.command(context_settings=_PASSTHROUGH, add_help_option=False)
+def abtest(ctx: typer.Context):
+    """A/B analysis of logged traffic: lift with user-clustered CIs, per category, guardrails, SRM, MDE (--help)."""
+    from .evaluate.abtest import main as abtest_main
+
+    raise typer.Exit(abtest_main(list(ctx.args)))
+
+
+@app.command(context_settings=_PASSTHROUGH, add_help_option=False)
+def hacking(ctx: typer.Context):
+    """Reward-hacking monitor: what a candidate says more than the baseline, closings, drift, segments (--help)."""
+    from .evaluate.hacking import main as hacking_main
+
+    raise typer.Exit(hacking_main(list(ctx.args)))
+
+
+@app.command()
+def sft(
+    store: Path = typer.Option(..., "--store", help="Store whose logged replies the policy learns."),
+    out_dir: Path = typer.Option(..., "--out", help="Output Hugging Face model directory (safetensors, tokenizer, chat template)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML of SFTConfig settings (docs/policy.md)."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a setting, KEY=YAML_VALUE (repeatable), e.g. --set max_rows=5000."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+):
+    """Supervised fine-tuning: the tiny policy (or --set init_model=DIR) learns the logged replies."""
+    import yaml
+
+    from .policy.data import PromptDataError
+    from .policy.sft import SFTConfig, SFTError, run_sft
+    from .sim.quality import reply_quality
+
+    settings = _read_config(config)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--set {item!r}: expected KEY=VALUE, e.g. --set max_rows=5000")
+        settings[key] = yaml.safe_load(value)
+    try:
+        cfg = SFTConfig.from_dict(settings)
+        p = Progress(TextColumn("[bold]sft"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err, transient=True,
+                     disable=not err.is_terminal)  # fmt: skip
+        with p:
+            bar = p.add_task("sft", total=None, info="")
+
+            def progress(step, total, logs):
+                p.update(bar, completed=step, total=total, info=f"loss {logs.get('loss', float('nan')):.3f}")
+
+            metrics = run_sft(store, out_dir, cfg, progress=progress, quality=reply_quality)
+    except (SFTError, PromptDataError, TypeError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(metrics, indent=1, default=str))
+        return
+    q = metrics.get("quality", {}).get("model", {})
+    out.print(f"sft: {metrics['steps']} steps, val loss {metrics['val_loss'][0]:.3f} -> {metrics['val_loss'][-1]:.3f} "
+              f"in {metrics['train_s']:.0f}s -> {out_dir}")  # fmt: skip
+    if q:
+        out.print(f"  sampled replies: well-formed {q.get('well_formed_share', float('nan')):.2f}, on topic "
+                  f"{q['on_topic']['rate']:.2f}, correct {q['correct']['rate']:.2f}, love-bait {q['love_bait']['rate']:.3f}")  # fmt: skip
+
+
+@app.command()
+def optimize(
+    config: Path = typer.Option(..., "--config", help="YAML optimize config (docs/optimize.md): policy, prompts, out, reward_models, tasks..."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a top-level key, KEY=YAML_VALUE (repeatable), e.g. --set steps=10."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Optimize a policy with CGPO (CRPG or CRRAFT per task) against calibrated rewards inside a Mixture of Judges."""
+    import yaml
+
+    from .judges import JudgeError
+    from .policy.cgpo import CGPOError, CGPOTrainer, load_config
+    from .policy.rewards import RewardError
+    from .reward.base import RewardModelError
+
+    values = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--set {item!r}: expected KEY=VALUE, e.g. --set steps=10")
+        try:
+            values[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            _fail(f"--set {item!r}: the value is not valid YAML ({exc})")
+    try:
+        cfg = load_config(config, values)
+        p = Progress(TextColumn("[bold]optimize"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err, transient=True,
+                     disable=not err.is_terminal)  # fmt: skip
+        with p:
+            bar = p.add_task("optimize", total=cfg.steps, info="")
+
+            def progress(step, total, logs):
+                p.update(bar, completed=step, info=f"reward {logs.get('reward/mean', 0):.3f} kl {logs.get('kl', 0):.2f} "
+                                                   f"judges {logs.get('judges/all/pass_rate', 0):.2f}")  # fmt: skip
+
+            summary = CGPOTrainer(cfg, progress=progress).train()
+    except (CGPOError, RewardError, RewardModelError, JudgeError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(summary, indent=1, default=str))
+        return
+    keys = sorted({k.split("/", 1)[1] for k in summary if k.startswith("before/")})
+    out.print(f"optimized {cfg.steps} steps -> {cfg.out}  (judges {'enforced' if cfg.use_judges else 'logged only'})")
+    for k in keys:
+        if f"after/{k}" in summary:
+            out.print(f"  {k:<40} {summary[f'before/{k}']:.4f} -> {summary[f'after/{k}']:.4f}")
+
+
+@app.command()
 def demo(out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Where the demo writes everything.")):
     """Run the whole loop on the embedded default world (the main job behind `make demo`)."""
     from .demo import run_demo
