@@ -50,7 +50,7 @@ def run(args, work) -> dict:
     import torch
 
     from rluf.policy.baselines import GRPOBaselineConfig, run_grpo
-    from rluf.policy.cgpo import CGPOConfig, CGPOTrainer
+    from rluf.policy.cgpo import CGPOConfig, CGPOTrainer, TaskConfig
     from rluf.policy.rewards import CalibratedReward
 
     torch.set_num_threads(args.threads)
@@ -64,8 +64,8 @@ def run(args, work) -> dict:
                          reward_models=rms, weights={"love": 0.3, "helpful": 0.7}, steps=args.steps,
                          max_new_tokens=args.max_new_tokens, eval_prompts=0, save_every=0, resume=False,
                          learning_rate=1e-6, max_prompts=2000, seed=args.seed,
-                         judges=[{"type": "love_bait"}, {"type": "repetition"}])  # fmt: skip
-        cfg.tasks[0].k, cfg.tasks[0].batch_prompts = args.generations, args.prompts
+                         judges=[{"type": "love_bait"}, {"type": "repetition"}],
+                         tasks=[TaskConfig(name="all", k=args.generations, batch_prompts=args.prompts)])  # fmt: skip
         import json
 
         CGPOTrainer(cfg).train()
