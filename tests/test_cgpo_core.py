@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from rluf.policy.checkpoint import load_checkpoint, latest_checkpoint, save_checkpoint
 from rluf.policy.cgpo import CGPOConfig, CGPOError, TaskConfig, crpg_loss, crraft_loss, crraft_select
+from rluf.policy.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rluf.policy.rewards import CalibratedReward, RewardError, RewardMix, preset_weights, sigmoid
 from rluf.reward.ngram import NGramRewardModel
 

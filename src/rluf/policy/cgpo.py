@@ -44,9 +44,10 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,7 +130,7 @@ class CGPOConfig:
     resume: bool = True  # continue from the newest checkpoint in OUT/checkpoints when there is one
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CGPOConfig":
+    def from_dict(cls, data: dict) -> CGPOConfig:
         data = dict(data)
         tasks = data.pop("tasks", None)
         cfg = _from_dict(cls, data, "optimize config")
@@ -166,7 +167,7 @@ class CGPOConfig:
             raise CGPOError("optimize config: at most one task may leave `categories` unset (it takes the rest)")
 
 
-def preset_tasks(cfg: "CGPOConfig") -> list[TaskConfig]:
+def preset_tasks(cfg: CGPOConfig) -> list[TaskConfig]:
     """The presets as CGPO tasks (Algorithm 2), the way CGPO gave its engagement objective its own task and reward
     model: prompts of the engagement categories are optimized for P[Love] alone, inside the run's judges plus a
     no-regression judge on helpfulness against the logged reply; every other prompt for helpfulness (0.8) and
@@ -436,7 +437,7 @@ class CGPOTrainer:
         n = comp.shape[0]
         logp_all, ref_all = self._logps(torch.cat([p_ids, p_ids[:: task.k]]), torch.cat([p_mask, p_mask[:: task.k]]),
                                         torch.cat([comp, b_ids]), torch.cat([c_mask, b_mask]))  # fmt: skip
-        logp, b_logp = logp_all[:n], logp_all[n:]
+        logp = logp_all[:n]
         kl_all = (logp_all - ref_all).detach()
         kl, b_kl = kl_all[:n], kl_all[n:]
         b_verdict = self.judges[task.name].judge(prompts, baselines, gold_completions=baselines)

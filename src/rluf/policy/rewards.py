@@ -23,8 +23,9 @@ baseline reply taken from a dataset column `baseline` (TRL passes every dataset 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
