@@ -1,0 +1,164 @@
+"""Online evaluation: serve policies to randomised simulated users and log the traffic as production would.
+
+    python -m rluf.evaluate.online --arm baseline --arm candidate=runs/demo/sft --users 400 --days 14 --out runs/ab
+
+`serve_ab(arms, out_dir)` randomises the simulated users 0 .. users-1 to the arms by a seeded hash of
+the user index (users ranked by the hash and dealt to the arms in turn: an equal split, at most one
+user apart, that does not depend on the order of the arms' policies), serves each arm's users with
+`rluf.sim.world.World.serve` (a policy directory through rluf.policy.generate.PolicyResponder, or
+None for the simulator's own baseline policy) and writes what `rluf simulate` writes:
+
+    OUT/logs/conversations.jsonl   nested conversations in the data contract; `policy` is the arm name
+    OUT/truth/messages.parquet     the hidden truth per assistant message (rluf.sim.world.MESSAGE_TRUTH)
+    OUT/truth/users.parquet        the hidden truth per user (rluf.sim.world.USER_TRUTH)
+    OUT/truth/assignment.json      {arm: [user ids]} and the settings of the run
+
+so `rluf ingest OUT/logs --store S` and `rluf abtest --store S` run on it unchanged (name the control
+arm "baseline" or "control" for abtest to find it, or pass --control). User and conversation ids
+carry `prefix` (default "ab-"), so the traffic can join an existing store without id clashes.
+The simulator answers one turn at a time, so a model policy generates one reply per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pyarrow.parquet as pq
+
+from ..sim.config import WorldConfig, load_config
+from ..sim.simulate import MESSAGE_SCHEMA, USER_SCHEMA, _table, _Writers
+from ..sim.world import World
+
+
+class OnlineEvalError(ValueError):
+    pass
+
+
+def assign_arms(users: int, arms: list[str], seed: int = 0) -> dict[str, list[int]]:
+    """{arm: sorted user indices}: users ranked by sha256(seed, index), dealt to the arms in turn."""
+    if users < len(arms):
+        raise OnlineEvalError(f"users ({users}) must be at least the number of arms ({len(arms)})")
+    ranked = sorted(range(users), key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).digest())
+    return {arm: sorted(ranked[k:: len(arms)]) for k, arm in enumerate(arms)}
+
+
+def _check(arms, out_dir, users, days, seed, start_day, overwrite) -> Path:
+    if not isinstance(arms, dict) or len(arms) < 2:
+        raise OnlineEvalError(f"arms must be a dict {{name: policy directory or None}} with at least two arms, got {arms!r}")
+    for name, policy in arms.items():
+        if not isinstance(name, str) or not name.strip():
+            raise OnlineEvalError(f"arm name {name!r} must be a non-empty string (it becomes the logged `policy`)")
+        if policy is not None and not Path(policy).is_dir():
+            raise OnlineEvalError(f"arm {name}: {policy} is not a directory; pass a Hugging Face causal-LM "
+                                  "directory, or None for the simulator's baseline policy")  # fmt: skip
+    for what, value, low in (("users", users, 2), ("days", days, 1), ("seed", seed, 0), ("start_day", start_day, 0)):
+        if not isinstance(value, int) or value < low:
+            raise OnlineEvalError(f"{what} must be an int >= {low}, got {value!r}")
+    out = Path(out_dir)
+    for d in (out / "logs", out / "truth"):
+        if d.exists() and any(d.iterdir()):
+            if not overwrite:
+                raise OnlineEvalError(f"{d} already holds files; pass overwrite=True or pick another out_dir")
+            shutil.rmtree(d)
+    return out
+
+
+def serve_ab(arms: dict[str, str | Path | None], out_dir: str | Path, *, users: int = 200, days: int = 14,
+             seed: int = 0, start_day: int = 0, prefix: str = "ab-", config: WorldConfig | None = None,
+             max_new_tokens: int = 64, temperature: float = 1.0, overwrite: bool = False) -> dict:  # fmt: skip
+    """Serve `arms` ({name: policy directory, or None for the simulator's baseline}) to `users` simulated
+    users for `days` days from `start_day`; write the logs and the truth to `out_dir`; return a summary.
+
+    seed: the world's seed (the population and everything it does) and the assignment's hash seed.
+    max_new_tokens, temperature: sampling of the model policies.
+    """
+    from ..policy.generate import PolicyResponder
+
+    out = _check(arms, out_dir, users, days, seed, start_day, overwrite)
+    t0 = time.perf_counter()
+    world = World(config, seed)
+    assignment = assign_arms(users, list(arms), seed)
+    logs_dir, truth_dir, parts = out / "logs", out / "truth", out / "_parts"
+    shutil.rmtree(parts, ignore_errors=True)
+    for d in (logs_dir, truth_dir, parts):
+        d.mkdir(parents=True, exist_ok=True)
+    writers = _Writers(logs_dir / "conversations.jsonl", truth_dir, "jsonl")
+    per_arm, user_ids = {}, {}
+    try:
+        for k, (name, policy_dir) in enumerate(arms.items()):
+            policy = None
+            if policy_dir is not None:
+                try:
+                    policy = PolicyResponder(policy_dir, max_new_tokens=max_new_tokens, temperature=temperature, name=name)
+                except ValueError as exc:
+                    raise OnlineEvalError(f"arm {name}: {exc}") from None
+            records, messages, truth_users = [], [], []
+            for log in world.serve(policy, users=assignment[name], days=days, start_day=start_day,
+                                   policy_name=name, prefix=prefix):  # fmt: skip
+                records.extend(log.records)
+                messages.extend(log.messages)
+                truth_users.append(log.user)
+            part = parts / f"arm-{k}"
+            part.mkdir()
+            (part / "logs.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+            pq.write_table(_table(messages, MESSAGE_SCHEMA), part / "messages.parquet")
+            pq.write_table(_table(truth_users, USER_SCHEMA), part / "users.parquet")
+            writers.append(part)
+            user_ids[name] = [world.user(i, prefix=prefix).user_id for i in assignment[name]]
+            per_arm[name] = {"policy": None if policy_dir is None else str(policy_dir), "assigned_users": len(assignment[name]),
+                             "active_users": len(truth_users), "conversations": len(records),
+                             "assistant_messages": len(messages)}  # fmt: skip
+    finally:
+        writers.close()
+        shutil.rmtree(parts, ignore_errors=True)
+    summary = {"out": str(out), "logs": str(logs_dir / "conversations.jsonl"), "truth": str(truth_dir),
+               "users": users, "days": days, "seed": seed, "start_day": start_day, "prefix": prefix,
+               "intercepts": list(world.intercepts), "arms": per_arm}  # fmt: skip
+    (truth_dir / "assignment.json").write_text(json.dumps({**summary, "assignment": user_ids}, indent=1) + "\n")
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rluf evaluate online", description=__doc__.splitlines()[0])
+    p.add_argument("--arm", action="append", required=True, metavar="NAME[=DIR]",
+                   help="an arm: NAME=policy directory, or NAME alone for the simulator's baseline (repeat)")
+    p.add_argument("--out", required=True, help="output directory (logs/ and truth/)")
+    p.add_argument("--users", type=int, default=200)
+    p.add_argument("--days", type=int, default=14)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start-day", type=int, default=0, help="day offset from the world's start date")
+    p.add_argument("--prefix", default="ab-", help="prepended to user and conversation ids")
+    p.add_argument("--config", help="world YAML (default: the built-in world)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    arms = {}
+    for spec in a.arm:
+        name, sep, path = spec.partition("=")
+        if name in arms:
+            print(f"error: --arm {name!r} is given twice; arm names must be unique", file=sys.stderr)
+            return 2
+        arms[name] = path if sep else None
+    try:
+        config = load_config(a.config) if a.config else None
+        summary = serve_ab(arms, a.out, users=a.users, days=a.days, seed=a.seed, start_day=a.start_day, prefix=a.prefix,
+                           config=config, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                           overwrite=a.overwrite)  # fmt: skip
+    except (OnlineEvalError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
