@@ -465,6 +465,27 @@ def sft(
                   f"{q['on_topic']['rate']:.2f}, correct {q['correct']['rate']:.2f}, love-bait {q['love_bait']['rate']:.3f}")  # fmt: skip
 
 
+evaluate_app = typer.Typer(help="Evaluate candidate policies: offline on a fixed prompt set, online as a simulated A/B test.",
+                           no_args_is_help=True)
+app.add_typer(evaluate_app, name="evaluate")
+
+
+@evaluate_app.command("offline", context_settings=_PASSTHROUGH, add_help_option=False)
+def evaluate_offline(ctx: typer.Context):
+    """Mean reward-model scores and judge pass rates of a policy on a fixed, category-stratified prompt set (--help)."""
+    from .evaluate.offline import main as offline_main
+
+    raise typer.Exit(offline_main(list(ctx.args)))
+
+
+@evaluate_app.command("online", context_settings=_PASSTHROUGH, add_help_option=False)
+def evaluate_online(ctx: typer.Context):
+    """Serve two or more arms to simulated users, randomised by user; writes logs in the data contract (--help)."""
+    from .evaluate.online import main as online_main
+
+    raise typer.Exit(online_main(list(ctx.args)))
+
+
 @app.command()
 def optimize(
     config: Path = typer.Option(..., "--config", help="YAML optimize config (docs/optimize.md): policy, prompts, out, reward_models, tasks..."),
