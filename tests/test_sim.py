@@ -283,10 +283,12 @@ def test_nothing_outside_sim_imports_it():
 
     imports_sim = re.compile(r"^\s*(from|import)\s+(rluf\.sim|\.+sim)\b", re.M)
     src = Path(__file__).resolve().parents[1] / "src" / "rluf"
-    # The command line and the demo drive the whole loop; no stage of the loop may read the simulator.
+    # The command line and the demo drive the whole loop, and the online evaluation serves policies to simulated
+    # users; no stage of the loop may read the simulator.
     allowed = {"sim", "cli.py", "demo.py"}
+    harness = {"evaluate/online.py"}
     offenders = [p for p in src.rglob("*.py") if p.relative_to(src).parts[0] not in allowed
-                 and imports_sim.search(p.read_text())]  # fmt: skip
+                 and p.relative_to(src).as_posix() not in harness and imports_sim.search(p.read_text())]  # fmt: skip
     assert offenders == []
 
 
