@@ -6,6 +6,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import tiny_policy_world
 
 from rluf.data.ingest import ingest
 from rluf.data.store import Store
@@ -19,27 +20,12 @@ from rluf.evaluate.offline import (
     mean_ci,
 )
 from rluf.evaluate.online import OnlineEvalError, assign_arms, serve_ab
-from rluf.policy.data import load_prompts
-from rluf.policy.tiny import build_tiny_lm
-from rluf.policy.tokenizer import train_tokenizer
-from rluf.reward.ngram import NGramRewardModel
-from rluf.sim.simulate import simulate
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
-    simulate(root / "sim", users=40, seed=0, workers=1)
-    ingest([root / "sim" / "logs"], root / "store", workers=1)
-    rows = load_prompts(root / "store")
-    texts = [m["content"] for r in rows for m in r.prompt] + [r.baseline for r in rows]
-    tok = train_tokenizer(texts, vocab_size=512, out_dir=root / "policy")
-    build_tiny_lm(tok, n_layer=1, n_embd=32, n_head=2, seed=0).save_pretrained(root / "policy")
-    contexts = ["user: " + r.prompt[-1]["content"] for r in rows]
-    replies = [r.baseline for r in rows]
-    for name, word in (("love", "love"), ("helpful", "the")):  # stand-in labels: does the reply contain the word
-        labels = [int(word in t.lower()) for t in replies]
-        NGramRewardModel(signal=name, c=1.0).fit(contexts, replies, labels).save(root / "rm" / name)
+    rows = tiny_policy_world(root)
     return root, rows
 
 

@@ -42,6 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.special import chdtrc
 
+from rluf.config import name_dir_pairs
 from rluf.data.store import Store, StoreError
 from rluf.judges import FAILED, VIOLATED, Judge, MixtureOfJudges, build_judges
 from rluf.reward.base import RewardModel, RewardModelError
@@ -708,13 +709,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
     p.add_argument("--out", help="also write the result as JSON to this file")
     a = p.parse_args(argv)
-    models = {}
-    for spec in a.model:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            print(f"error: --model {spec!r}: expected NAME=DIR, e.g. --model helpful=runs/rm/helpful", file=sys.stderr)
-            return 2
-        models[name] = path
+    try:
+        models = name_dir_pairs(a.model, example="helpful=runs/rm/helpful")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         result = analyze(a.store, control=a.control, arms=a.arms, since=a.since, until=a.until, models=models or None,
                          n_boot=a.n_boot, seed=a.seed, min_users_per_cell=a.min_users_per_cell)  # fmt: skip

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import name_dir_pairs
 from ..judges import build_judges
 from ..judges.base import FAILED, SATISFIED, JudgeError, combine
 from ..judges.config import read_config_file
@@ -284,13 +285,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="evaluate only this seeded share of the users (rluf.policy.data.split_prompts); 0: all")
     p.add_argument("--name", help="the candidate's name in the result (default: the policy directory's name)")
     a = p.parse_args(argv)
-    models = {}
-    for spec in a.model:
-        key, sep, path = spec.partition("=")
-        if not sep or not key or not path:
-            print(f"error: --model {spec!r}: expected NAME=DIR, e.g. --model love=runs/rm/love", file=sys.stderr)
-            return 2
-        models[key] = path
+    try:
+        models = name_dir_pairs(a.model)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         judges = read_config_file(a.judges) if a.judges else [dict(s) for s in DEFAULT_JUDGES]
         config = OfflineConfig(prompts=a.prompts, seed=a.seed, max_new_tokens=a.max_new_tokens,

@@ -43,6 +43,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
+from rluf.config import from_mapping
 from rluf.data.store import Store, StoreError
 from rluf.reward.data import ROLE_CODES, ExampleConfig, _Messages, build_examples
 
@@ -75,13 +76,7 @@ def _check(config, name: str, kinds: tuple, ok: Callable[[Any], bool], must: str
 
 
 def _from_dict(cls, data: dict):
-    if not isinstance(data, dict):
-        raise BaselineError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise BaselineError(f"{cls.__name__}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
-    return cls(**data)
+    return from_mapping(cls, data, cls.__name__, BaselineError)
 
 
 def _check_common(c) -> None:

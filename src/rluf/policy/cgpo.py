@@ -53,6 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import from_mapping
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .rewards import PRESETS, CalibratedReward, RewardMix, preset_weights
 
@@ -67,13 +68,7 @@ class CGPOError(ValueError):
 
 
 def _from_dict(cls, data: dict, where: str):
-    if not isinstance(data, dict):
-        raise CGPOError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise CGPOError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
-    return cls(**data)
+    return from_mapping(cls, data, where, CGPOError)
 
 
 @dataclass

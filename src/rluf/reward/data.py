@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rluf.config import from_mapping
 from rluf.data.stats import wilson
 from rluf.data.store import Store, StoreError
 from rluf.reward.text import render_context
@@ -119,13 +120,7 @@ class ExampleConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ExampleConfig:
         """A config from a mapping (e.g. read from YAML or report.json); unknown keys are rejected."""
-        if not isinstance(data, dict):
-            raise ExampleError(f"example config: expected a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ExampleError(f"example config: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
-        return cls(**data)
+        return from_mapping(cls, data, "example config", ExampleError)
 
 
 def _kinds(kinds) -> str:

@@ -47,6 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from scipy.optimize import minimize_scalar
 
+from rluf.config import from_mapping
 from rluf.data.stats import wilson
 from rluf.reward.base import RewardModel
 from rluf.reward.calibration import T_BOUNDS, calibrate
@@ -114,14 +115,7 @@ class AnnotationConfig:
     @classmethod
     def from_dict(cls, data: dict) -> AnnotationConfig:
         """A config from a mapping; unknown keys are rejected."""
-        if not isinstance(data, dict):
-            raise AnnotationError(f"annotation config: expected a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise AnnotationError(f"annotation config: unknown key {unknown[0]!r}; "
-                                  f"known keys: {', '.join(sorted(known))}")
-        return cls(**data)
+        return from_mapping(cls, data, "annotation config", AnnotationError)
 
 
 # ====================================================================== labelling
