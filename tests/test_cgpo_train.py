@@ -43,7 +43,7 @@ def _config(root: Path, out: str, **kw) -> dict:
 def test_training_logs_changes_parameters_and_saves_a_loadable_model(setup):
     from transformers import AutoModelForCausalLM
 
-    trainer = CGPOTrainer(CGPOConfig.from_dict(_config(setup, "run")))
+    trainer = CGPOTrainer(CGPOConfig.from_dict(_config(setup, "run", snapshot_steps=[1])))
     before = [p.detach().clone() for p in trainer.policy.parameters()]
     summary = trainer.train()
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.policy.parameters()))
@@ -57,6 +57,9 @@ def test_training_logs_changes_parameters_and_saves_a_loadable_model(setup):
     assert "before/p_love" in summary and "after/p_love" in summary
     assert AutoModelForCausalLM.from_pretrained(setup / "run") is not None
     assert not list((setup / "run").glob("*.bin")) and (setup / "run" / "model.safetensors").is_file()
+    snapshot = setup / "run" / "snapshots" / "step-000001"  # a candidate policy after step 1, as a HF directory
+    assert (snapshot / "model.safetensors").is_file() and (snapshot / "tokenizer.json").is_file()
+    assert AutoModelForCausalLM.from_pretrained(snapshot) is not None
 
 
 def test_violating_samples_lose_likelihood_and_kl_stays_bounded(setup):
@@ -90,6 +93,8 @@ def test_bad_configs_fail_clearly(setup, tmp_path):
         CGPOTrainer(CGPOConfig.from_dict(_config(setup, "x", tasks=[{"name": "a", "categories": ["nonexistent"]}])))
     with pytest.raises(CGPOError, match="not a Hugging Face causal-LM"):
         CGPOTrainer(CGPOConfig.from_dict(_config(setup, "x", policy=str(tmp_path))))
+    with pytest.raises(CGPOError, match="snapshot_steps"):
+        CGPOConfig.from_dict(_config(setup, "x", snapshot_steps=[2]))  # the final step is the output itself
     bad = tmp_path / "bad.yaml"
     bad.write_text("- just\n- a list\n")
     with pytest.raises(CGPOError, match="mapping"):

@@ -1,24 +1,59 @@
-"""`make demo` runs what exists: a small run of the same code path."""
+"""`make demo` runs the whole loop: a tiny run of the same code path, every stage, every output file."""
 
 import json
 
+import pytest
 from rich.console import Console
 
-from rluf.demo import run_demo
+from rluf.demo import DemoConfig, DemoError, run_demo
+
+TINY = {"users": 150, "annotations": 500, "sft": {"max_rows": 400, "epochs": 1, "quality_prompts": 20, "max_val_rows": 50},
+        "optimize_steps": 3, "snapshot_steps": [1, 2], "grpo_steps": 2, "grpo": {"prompts_per_step": 2, "num_generations": 2},
+        "offline_prompts": 20, "online_users": 40, "online_days": 2, "max_new_tokens": 12, "public_samples": False}  # fmt: skip
 
 
-def test_demo_end_to_end(tmp_path):
-    summary = run_demo(tmp_path / "demo", console=Console(file=open("/dev/null", "w")), users=150,
-                       real_data=tmp_path / "absent", reward_kinds=("ngram", "length"))  # fmt: skip
+@pytest.mark.slow
+def test_demo_runs_the_whole_loop(tmp_path):
+    out = tmp_path / "demo"
+    summary = run_demo(out, console=Console(file=open("/dev/null", "w")), config=DemoConfig.from_dict(TINY))
     first, again = summary["ingest"], summary["reingest"]
     assert first["committed"] and first["rejected"] == 3 and first["reconciles"]
     assert first["accepted"] == summary["simulate"]["conversations"]
     assert again["accepted"] == 0 and again["duplicate"] == first["accepted"] and again["rejected"] == 3
-    saved = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    saved = json.loads((out / "summary.json").read_text())
     assert saved["stats"]["counts"]["messages"] == first["messages"] == summary["simulate"]["messages"]
     assert set(saved["signals"]) >= {"love", "thumbs_up", "thumbs_down"}
     models = saved["reward"]["models"]
     assert set(models) == {"ngram", "length"}
     for kind, m in models.items():
         assert 0.5 < m["auroc"] <= 1 and m["auroc_ci95"][0] <= m["auroc"] <= m["auroc_ci95"][1], (kind, m)
-        assert (tmp_path / "demo" / "reward" / kind / "model.safetensors").is_file()
+        assert (out / "reward" / kind / "model.safetensors").is_file()
+    # candidates: the SFT control, three CGPO runs with two snapshots each, and GRPO
+    names = {"sft", "grpo"} | {f"{r}{s}" for r in ("aggressive", "no_judges", "moderate") for s in ("", "@1", "@2")}
+    assert set(saved["offline"]) == names
+    for name in names:
+        slug = name.replace("@", "_step")
+        assert (out / "evaluate" / "offline" / f"{slug}.json").is_file()
+    served = saved["online"]["served"]
+    assert set(served["arms"]) == names and sum(a["assigned_users"] for a in served["arms"].values()) == 40
+    assert saved["online"]["ingest"]["rejected"] == 0 and saved["online"]["ingest"]["reconciles"]
+    abtest = json.loads((out / "online" / "abtest.json").read_text())
+    assert abtest["control"] == "sft" and set(abtest["arms"]) == names
+    assert {"no_judges", "aggressive", "moderate", "grpo"} <= set(saved["hacking"])
+    assert (out / "hacking" / "no_judges.judges.yaml").is_file()
+    html = (out / "report.html").read_text()
+    assert "<html" in html.lower() and "data:image/png;base64," in html
+    h = saved["headline"]
+    assert h["n_candidates"] == len(names)
+    assert set(saved["seconds"]) >= {"simulate", "sft", "optimize", "offline", "online", "report", "total"}
+
+
+def test_demo_config_errors():
+    with pytest.raises(DemoError, match="unknown key 'user'"):
+        DemoConfig.from_dict({"user": 10})
+    with pytest.raises(DemoError, match="snapshot_steps"):
+        DemoConfig(optimize_steps=10, snapshot_steps=[10])
+    with pytest.raises(DemoError, match="online_days"):
+        DemoConfig(online_days=0)
+    with pytest.raises(DemoError, match="reward_kinds"):
+        DemoConfig(reward_kinds=["bogus"])

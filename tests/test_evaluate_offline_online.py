@@ -167,6 +167,18 @@ def test_serve_ab_logs_ingest_and_analyze(setup, tmp_path):
         serve_ab(arms, tmp_path / "ab", users=6, days=2)
 
 
+@pytest.mark.slow
+def test_serve_ab_output_does_not_depend_on_workers(setup, tmp_path):
+    root, _ = setup
+    arms = {"baseline": None, "candidate": root / "policy"}
+    kw = {"users": 10, "days": 2, "seed": 3, "max_new_tokens": 6, "batch_users": 3}
+    one = serve_ab(arms, tmp_path / "one", workers=1, **kw)
+    two = serve_ab(arms, tmp_path / "two", workers=2, **kw)
+    assert one["arms"] == two["arms"]
+    assert (tmp_path / "one" / "logs" / "conversations.jsonl").read_bytes() == \
+        (tmp_path / "two" / "logs" / "conversations.jsonl").read_bytes()
+
+
 def test_serve_ab_errors(tmp_path):
     with pytest.raises(OnlineEvalError, match="at least two arms"):
         serve_ab({"baseline": None}, tmp_path / "x")
@@ -174,3 +186,8 @@ def test_serve_ab_errors(tmp_path):
         serve_ab({"baseline": None, "candidate": tmp_path / "missing"}, tmp_path / "x")
     with pytest.raises(OnlineEvalError, match="days must be"):
         serve_ab({"a": None, "b": None}, tmp_path / "x", days=0)
+    with pytest.raises(OnlineEvalError, match="workers must be"):
+        serve_ab({"a": None, "b": None}, tmp_path / "x", workers=0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OnlineEvalError, match="no config.json"):
+        serve_ab({"a": None, "b": tmp_path / "empty"}, tmp_path / "x")

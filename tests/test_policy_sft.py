@@ -331,3 +331,18 @@ def test_policy_responder_serves_simulated_users(sft):
     baseline = [t["text"] for log in world.serve(users=range(3), days=2) for rec in log.records for t in rec["turns"]
                 if t["role"] == "assistant"]  # fmt: skip
     assert [t["text"] for t in replies] != baseline
+
+
+def test_gumbel_max_draws_follow_the_softmax():
+    import torch
+
+    from rluf.policy.generate import GumbelNoise, sampling_kwargs
+
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 1.0, 0.0, float("-inf")]]).repeat(40_000, 1)
+    picks = GumbelNoise()(None, logits.clone()).argmax(dim=1)
+    freq = torch.bincount(picks, minlength=4).double() / len(picks)
+    expected = torch.softmax(logits[0].double(), 0)
+    assert torch.allclose(freq, expected, atol=0.01) and freq[3] == 0  # a masked token is never drawn
+    assert sampling_kwargs(0) == {"do_sample": False}
+    assert len(sampling_kwargs(0.7, 0.9)["logits_processor"]) == 3

@@ -213,6 +213,41 @@ def test_serve_a_custom_policy(tmp_path):
     assert first >= "2026-03-06"  # start_day 60 after 2026-01-05
 
 
+class _RowPolicy:
+    """A policy whose reply depends only on its context and one draw of the user's rng, so batching must not change it."""
+
+    name = "rows"
+
+    def __init__(self):
+        self.batches = []
+
+    def respond(self, context, rng):
+        return f"About {context[-1]['text'][:25]}. Answer {rng.getrandbits(16)}."
+
+    def respond_batch(self, contexts, rngs):
+        self.batches.append(len(contexts))
+        return [self.respond(c, r) for c, r in zip(contexts, rngs)]
+
+
+def test_batched_serving_gives_the_same_logs_as_one_turn_at_a_time():
+    one = list(World(seed=4).serve(_RowPolicy().respond, users=range(30), days=6, policy_name="rows"))
+    policy = _RowPolicy()
+    batched = list(World(seed=4).serve(policy, users=range(30), days=6, policy_name="rows", batch_users=8))
+    assert [lg.records for lg in batched] == [lg.records for lg in one]
+    assert [lg.messages for lg in batched] == [lg.messages for lg in one]
+    assert [lg.user for lg in batched] == [lg.user for lg in one]
+    assert max(policy.batches) == 8 and sum(policy.batches) == sum(len(lg.messages) for lg in one)
+
+
+def test_batched_serving_checks_the_reply_count():
+    class Short(_RowPolicy):
+        def respond_batch(self, contexts, rngs):
+            return ["hi"] * (len(contexts) - 1)
+
+    with pytest.raises(TypeError, match="replies for"):
+        list(World(seed=1).serve(Short(), users=range(4), days=2, batch_users=4))
+
+
 def test_bayes_optimal_auroc():
     assert bayes_optimal_auroc([0.1, 0.9], [0, 1]) == 1.0
     assert bayes_optimal_auroc([0.5, 0.5, 0.5], [0, 1, 0]) == 0.5

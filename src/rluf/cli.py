@@ -486,6 +486,22 @@ def evaluate_online(ctx: typer.Context):
     raise typer.Exit(online_main(list(ctx.args)))
 
 
+@evaluate_app.command("correlate", context_settings=_PASSTHROUGH, add_help_option=False)
+def evaluate_correlate(ctx: typer.Context):
+    """Offline-online correlation across candidates: Pearson r with bootstrap CIs and the scatter plot (--help)."""
+    from .evaluate.correlate import main as correlate_main
+
+    raise typer.Exit(correlate_main(list(ctx.args)))
+
+
+@app.command(context_settings=_PASSTHROUGH, add_help_option=False)
+def report(ctx: typer.Context):
+    """One self-contained HTML report of a run: signals, calibration, offline-online, lifts, hacking, trade-off (--help)."""
+    from .report.html import main as report_main
+
+    raise typer.Exit(report_main(list(ctx.args)))
+
+
 @app.command()
 def optimize(
     config: Path = typer.Option(..., "--config", help="YAML optimize config (docs/optimize.md): policy, prompts, out, reward_models, tasks..."),
@@ -535,12 +551,31 @@ def optimize(
 
 
 @app.command()
-def demo(out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Where the demo writes everything.")):
+def demo(
+    out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Where the demo writes everything."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML of DemoConfig settings (docs/demo.md)."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a setting, KEY=YAML_VALUE (repeatable), e.g. --set users=500."),
+):
     """Run the whole loop on the embedded default world (the main job behind `make demo`)."""
-    from .demo import run_demo
+    import yaml
 
+    from .demo import DemoConfig, DemoError, run_demo
+
+    settings = _read_config(config)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--set {item!r}: expected KEY=VALUE, e.g. --set users=500")
+        try:
+            settings[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            _fail(f"--set {item!r}: the value is not valid YAML ({exc})")
     try:
-        run_demo(out_dir, console=out)
+        cfg = DemoConfig.from_dict(settings)
+    except DemoError as exc:
+        _fail(str(exc))
+    try:
+        run_demo(out_dir, console=out, config=cfg)
     except Exception as exc:  # the demo is the front door: say what failed, where, and exit non-zero
         _fail(f"demo failed: {type(exc).__name__}: {exc}", code=1)
 

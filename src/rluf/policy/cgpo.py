@@ -55,6 +55,7 @@ import torch.nn.functional as F
 
 from ..config import from_mapping
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .generate import sampling_kwargs
 from .rewards import PRESETS, CalibratedReward, RewardMix, preset_weights
 
 OPTIMIZERS = ("crpg", "crraft")
@@ -120,6 +121,7 @@ class CGPOConfig:
     max_prompts: int | None = 20000  # prompt rows read from the store (seeded, stratified)
     eval_prompts: int = 200  # held-out prompts scored before and after training (users unseen in training)
     save_every: int = 20  # checkpoint every N steps (0: only at the end)
+    snapshot_steps: list[int] = field(default_factory=list)  # also write the policy as a HF directory OUT/snapshots/step-NNNNNN after these steps (candidates to evaluate)
     log_every: int = 1
     report_to: list[str] = field(default_factory=list)  # tensorboard, wandb, mlflow (accelerate trackers)
     resume: bool = True  # continue from the newest checkpoint in OUT/checkpoints when there is one
@@ -150,6 +152,10 @@ class CGPOConfig:
                         ("no_regression_margin", self.no_regression_margin >= 0)):  # fmt: skip
             if not ok:
                 raise CGPOError(f"optimize config: {key} = {getattr(self, key)} is out of range")
+        if not isinstance(self.snapshot_steps, list) or not all(
+                isinstance(k, int) and not isinstance(k, bool) and 1 <= k < self.steps for k in self.snapshot_steps):
+            raise CGPOError(f"optimize config: snapshot_steps = {self.snapshot_steps!r} must be a list of steps in [1, "
+                            f"steps - 1] (the final policy is written to `out` anyway)")  # fmt: skip
         bad = sorted(set(self.report_to) - set(TRACKERS))
         if bad:
             raise CGPOError(f"optimize config: report_to {bad} not supported; use any of {', '.join(TRACKERS)}")
@@ -341,9 +347,9 @@ class CGPOTrainer:
         p_ids, p_mask = self._encode_prompts(prompts)
         p_ids, p_mask = p_ids.repeat_interleave(k, 0), p_mask.repeat_interleave(k, 0)
         torch.manual_seed(seed)
-        out = model.generate(input_ids=p_ids, attention_mask=p_mask, do_sample=True, temperature=self.cfg.temperature,
-                             top_p=self.cfg.top_p, top_k=0, max_new_tokens=self.cfg.max_new_tokens,
-                             eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)  # fmt: skip
+        out = model.generate(input_ids=p_ids, attention_mask=p_mask, max_new_tokens=self.cfg.max_new_tokens,
+                             eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+                             **sampling_kwargs(self.cfg.temperature, self.cfg.top_p))  # fmt: skip
         completion = out[:, p_ids.shape[1]:]
         return p_ids, p_mask, completion
 
@@ -503,6 +509,11 @@ class CGPOTrainer:
         out[f"{tag}/words"] = float(np.mean([len(t.split()) for t in texts]))
         return out
 
+    def _save_policy(self, directory: Path) -> None:
+        """The policy as a Hugging Face directory (safetensors weights, config, tokenizer, chat template)."""
+        self.acc.unwrap_model(self.policy).save_pretrained(directory, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)
+
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict:
         cfg, acc = self.cfg, self.acc
@@ -535,6 +546,8 @@ class CGPOTrainer:
                 acc.log({k: v for k, v in logs.items() if k != "step"}, step=step + 1)
             if self.progress:
                 self.progress(step + 1, cfg.steps, logs)
+            if step + 1 in cfg.snapshot_steps and acc.is_main_process:
+                self._save_policy(self.out / "snapshots" / f"step-{step + 1:06d}")
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
                 acc.wait_for_everyone()
                 if acc.is_main_process:
@@ -545,9 +558,7 @@ class CGPOTrainer:
                    "use_judges": cfg.use_judges, "processes": acc.num_processes, "weights": {t.name: self.mixes[t.name].weights for t in cfg.tasks}}  # fmt: skip
         acc.wait_for_everyone()
         if acc.is_main_process:
-            model = acc.unwrap_model(self.policy)
-            model.save_pretrained(self.out, safe_serialization=True)
-            self.tokenizer.save_pretrained(self.out)
+            self._save_policy(self.out)
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
         if cfg.report_to:
             acc.end_training()

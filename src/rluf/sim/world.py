@@ -109,25 +109,86 @@ class World:
     # ------------------------------------------------------------------ serving
 
     def serve(self, policy=None, users: Iterable[int] | int = 1000, days: int | None = None, start_day: int = 0,
-              policy_name: str | None = None, prefix: str = "") -> Iterator[UserLog]:  # fmt: skip
+              policy_name: str | None = None, prefix: str = "", batch_users: int = 1) -> Iterator[UserLog]:  # fmt: skip
         """Simulate `users` (a count or user indices) for `days` days answered by `policy`.
 
         policy: an object with respond(context, rng) -> str, or such a function; default: the baseline.
         start_day: day offset of day 0 from config.start_date (e.g. an A/B test after the logs).
         prefix: prepended to user and conversation ids (distinct ids for distinct runs in one store).
+        batch_users: with a policy that has respond_batch(contexts, rngs) -> list[str] (a model served
+        by rluf.policy.generate.PolicyResponder), up to this many users live at once and their pending
+        turns are answered in one batch: the same users and the same draws, at a batch's cost per round.
         Yields one UserLog per user that was active, in user order.
         """
-        respond = self.baseline.respond if policy is None else as_respond(policy)
         name = policy_name or (self.config.policy.name if policy is None else getattr(policy, "name", None)
                                or getattr(policy, "__name__", "custom"))  # fmt: skip
         days = self.config.days if days is None else days
-        for index in range(users) if isinstance(users, int) else users:
+        indices = range(users) if isinstance(users, int) else users
+        respond_batch = None if policy is None else getattr(policy, "respond_batch", None)
+        if respond_batch is not None and batch_users > 1:
+            yield from self._serve_batched(respond_batch, indices, name, days, start_day, prefix, batch_users)
+            return
+        respond = self.baseline.respond if policy is None else as_respond(policy)
+        for index in indices:
             log = self.simulate_user(index, respond, name, days, start_day, prefix)
             if log.user is not None:
                 yield log
 
+    def _serve_batched(self, respond_batch, indices, name, days, start_day, prefix, width) -> Iterator[UserLog]:
+        """Up to `width` users live at once; each round, every waiting user's context is answered in one
+        `respond_batch(contexts, rngs)` call. Logs come out in user order, as from the one-at-a-time path."""
+        pending = iter(indices)
+        live: dict[int, tuple] = {}  # position -> (generator, its request)
+        done: dict[int, UserLog] = {}
+        position, emitted, exhausted = 0, 0, False
+        while True:
+            while not exhausted and len(live) < width:
+                index = next(pending, None)
+                if index is None:
+                    exhausted = True
+                    break
+                gen = self._user_steps(index, name, days, start_day, prefix)
+                self._advance(gen, None, position, live, done)
+                position += 1
+            while emitted in done:
+                log = done.pop(emitted)
+                emitted += 1
+                if log.user is not None:
+                    yield log
+            if not live:
+                if exhausted:
+                    return
+                continue
+            order = sorted(live)
+            requests = [live[k][1] for k in order]
+            replies = respond_batch([c for c, _ in requests], [r for _, r in requests])
+            if len(replies) != len(requests):
+                raise TypeError(f"respond_batch returned {len(replies)} replies for {len(requests)} contexts")
+            for k, reply in zip(order, replies):
+                self._advance(live.pop(k)[0], reply, k, live, done)
+
+    @staticmethod
+    def _advance(gen, reply, position: int, live: dict, done: dict) -> None:
+        try:
+            live[position] = (gen, gen.send(reply))
+        except StopIteration as stop:
+            done[position] = stop.value
+
     def simulate_user(self, index: int, respond, policy_name: str, days: int, start_day: int = 0,
                       prefix: str = "") -> UserLog:  # fmt: skip
+        """One user's whole life, each turn answered by `respond(context, rng)`."""
+        gen = self._user_steps(index, policy_name, days, start_day, prefix)
+        reply = None
+        try:
+            while True:
+                context, rng = gen.send(reply)
+                reply = respond(context, rng)
+        except StopIteration as stop:
+            return stop.value
+
+    def _user_steps(self, index: int, policy_name: str, days: int, start_day: int = 0, prefix: str = ""):
+        """A generator: yields (context, the user's rng) for every assistant turn, is sent the reply, and
+        returns the UserLog."""
         cfg = self.config
         u = self.user(index, prefix=prefix)
         rng = u.rng
@@ -140,7 +201,7 @@ class World:
         rs, re_ = cfg.retention.window_start, cfg.retention.window_end
         sessions = [first] + self._sessions(u, first, 0, rs, horizon)
         for s in sessions:
-            self._conversation(u, s, respond, policy_name, log, state, prefix)
+            yield from self._conversation(u, s, policy_name, log, state, prefix)
         mh = state["h"] / max(state["n"], 1)
         mw = state["w"] / max(state["n"], 1)
         mv = state["v"] / max(state["n"], 1)
@@ -156,7 +217,7 @@ class World:
                 if s + SESSION_SLACK < horizon:
                     later = sorted(later + [s])
             for s in later:
-                self._conversation(u, s, respond, policy_name, log, state, prefix)
+                yield from self._conversation(u, s, policy_name, log, state, prefix)
         if log.records:
             log.user = (u.user_id, u.segment, u.z_pos, u.z_neg, u.bait_aff, u.rate, first, p_ret, retained,
                         mh, mw, mv, len(log.records), state["n"])  # fmt: skip
@@ -179,7 +240,7 @@ class World:
         out.sort()
         return out
 
-    def _conversation(self, u: User, t: int, respond, policy_name: str, log: UserLog, state: dict, prefix: str):
+    def _conversation(self, u: User, t: int, policy_name: str, log: UserLog, state: dict, prefix: str):
         cfg, rng = self.config, u.rng
         rc = cfg.reactions
         ci = u.pick_category()
@@ -201,7 +262,7 @@ class World:
                 text = prompts.follow_up(cat, topic, kind, rng, rng.random() < u.vagueness)
             context.append({"role": "user", "text": text, "category": cat})
             turns.append({"message_id": f"{cid}:{len(turns)}", "role": "user", "text": text, "time": iso(t)})
-            response = respond(context, rng)
+            response = yield context, rng
             if not isinstance(response, str):
                 raise TypeError(f"a policy must return a str, got {type(response).__name__}")
             t += rng.randint(2, 12)
