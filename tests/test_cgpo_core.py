@@ -127,7 +127,7 @@ def test_presets_become_an_engagement_task_and_a_helpfulness_task():
         assert (eng.name, eng.weights, eng.rho) == ("engagement", {"love": 1.0}, w)
         assert "companionship" in eng.categories
         guard = [j for j in eng.judges if j["type"] == "no_regression"]
-        assert guard == [{"type": "no_regression", "model": "H", "margin": 0.05, "name": "helpful_no_regression"}]
+        assert guard == [{"type": "no_regression", "model": "H", "margin": 0.15, "name": "helpful_no_regression"}]
         assert (helpful.categories, helpful.weights, helpful.rho) == (None, {"helpful": 0.8, "safe": 0.2}, pytest.approx(1 - w))
     with pytest.raises(CGPOError, match="needs a reward model named 'helpful'"):
         CGPOConfig.from_dict({**base, "reward_models": {"love": "L"}})

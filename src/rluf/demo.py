@@ -80,7 +80,8 @@ class DemoConfig:
     grpo_steps: int = field(default=60, metadata={"help": "weighted-sum GRPO steps (0 skips the GRPO candidate)"})
     grpo: dict = field(default_factory=dict, metadata={"help": "further GRPOBaselineConfig settings (docs/baselines.md)"})
     offline_prompts: int = field(default=400, metadata={"help": "prompts in the fixed offline evaluation set"})
-    online_users: int = field(default=4400, metadata={"help": "simulated users of the online test, shared equally by the arms"})
+    offline_samples: int = field(default=4, metadata={"help": "replies sampled per offline prompt"})
+    online_users: int = field(default=6600, metadata={"help": "simulated users of the online test, shared equally by the arms"})
     online_days: int = field(default=7, metadata={"help": "days the online test runs"})
     min_users: int = field(default=20, metadata={"help": "report cells with fewer users are suppressed"})
     workers: int = field(default=2, metadata={"help": "processes for the optimize runs and the online arms"})
@@ -88,7 +89,7 @@ class DemoConfig:
     public_samples: bool = field(default=True, metadata={"help": "import ../shared/data/real when present"})
 
     def __post_init__(self):
-        ints = {"users": 10, "annotations": 100, "optimize_steps": 1, "grpo_steps": 0, "offline_prompts": 10,
+        ints = {"users": 10, "annotations": 100, "optimize_steps": 1, "grpo_steps": 0, "offline_prompts": 10, "offline_samples": 1,
                 "online_users": 4, "online_days": 1, "min_users": 1, "workers": 1, "max_new_tokens": 1, "seed": 0}
         for name, low in ints.items():
             v = getattr(self, name)
@@ -198,6 +199,7 @@ def run_demo(out: Path, console: Console | None = None, config: DemoConfig | Non
             console.print(format_result(corr))
             summary["correlate"] = {k: corr[k] for k in ("n_candidates", "pearson_r", "ci95", "fisher_ci95",
                                                          "measurement_ci95", "spearman_rho")}  # fmt: skip
+            summary["correlate"]["ground_truth"] = _ground_truth_check(out, corr)
 
     with clock("hacking", "10. reward-hacking monitor"):
         summary["hacking"] = _hacking(out, cfg, candidates, console)
@@ -339,7 +341,8 @@ def _offline(out: Path, cfg: DemoConfig, candidates: dict, models: dict, console
     from .evaluate.offline import OfflineConfig, evaluate_offline, format_summary
 
     rows = _eval_rows(out, cfg)
-    ocfg = OfflineConfig(prompts=cfg.offline_prompts, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens)
+    ocfg = OfflineConfig(prompts=cfg.offline_prompts, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
+                         samples_per_prompt=cfg.offline_samples)  # fmt: skip
     results = {}
     d = out / "evaluate" / "offline"
     d.mkdir(parents=True, exist_ok=True)
@@ -348,8 +351,8 @@ def _offline(out: Path, cfg: DemoConfig, candidates: dict, models: dict, console
         r = evaluate_offline(policy, rows, models, ocfg, replies_out=d / f"{slug}.replies.jsonl", name=name)
         (d / f"{slug}.json").write_text(json.dumps(r, indent=1) + "\n")
         results[name] = r
-        console.print(format_summary(r).splitlines()[0] + f"  P[love] {r['rewards']['love']['p']['mean']:.4f}, "
-                      f"P[helpful] {r['rewards']['helpful']['p']['mean']:.3f}, love-bait pass "
+        console.print(format_summary(r).splitlines()[0] + f"  P\\[love] {r['rewards']['love']['p']['mean']:.4f}, "
+                      f"P\\[helpful] {r['rewards']['helpful']['p']['mean']:.3f}, love-bait pass "
                       f"{r['judges']['love_bait']['pass_rate']:.3f}")  # fmt: skip
     return results
 
@@ -387,8 +390,10 @@ def _hacking(out: Path, cfg: DemoConfig, candidates: dict, console: Console) -> 
         (d / f"{_slug(name)}.json").write_text(json.dumps(r, indent=1) + "\n")
         write_judge_config(r, d / f"{_slug(name)}.judges.yaml")
         top = [e["text"] for e in r["phrases"]["increased"][:10] if e["significant"]]
-        brief[name] = {"closing_judge": r["closing"]["closing_judge"], "top_phrases": top,
-                       "top_phrases_love_bait": _love_bait_phrases(top)}  # fmt: skip
+        top_sentences = [e["text"] for e in r["sentences"]["increased"][:10] if e["significant"]]
+        brief[name] = {"closing_judge": r["closing"]["closing_judge"], "love_bait_anywhere": r["closing"]["love_bait_anywhere"],
+                       "top_phrases": top, "top_sentences": top_sentences,
+                       "top_love_bait": _love_bait_phrases(top + top_sentences)}  # fmt: skip
         if name == "no_judges":
             console.print(format_report(r, limit=8))
         else:
@@ -396,6 +401,25 @@ def _hacking(out: Path, cfg: DemoConfig, candidates: dict, console: Console) -> 
             console.print(f"{name} vs {CONTROL}: closing statements {_rate(c, 'baseline')} -> {_rate(c, 'candidate')}; "
                           f"top rising phrases {top[:5]}")  # fmt: skip
     return brief
+
+
+def _ground_truth_check(out: Path, corr: dict) -> dict:
+    """What only a simulator can tell: each arm's expected love rate (the mean true P[love] of the replies
+    it served, OUT/online/truth) and the Pearson r of the offline score with it. Observed rates carry the
+    sampling noise of finite traffic; the expected ones do not, so the two r's separate a reward model
+    that misleads from traffic too small to show it. Evaluation only: nothing trains on the truth."""
+    import duckdb
+    import numpy as np
+
+    path = out / "online" / "truth" / "messages.parquet"
+    rows = dict(duckdb.sql(f"SELECT policy, avg(p_love) FROM read_parquet('{path}') GROUP BY 1").fetchall())
+    pts = [p for p in corr["points"] if p["candidate"] in rows]
+    x = np.array([p["offline"] for p in pts])
+    y = np.array([rows[p["candidate"]] for p in pts])
+    z = np.array([p["online"] for p in pts])
+    return {"expected_love_rate": {p["candidate"]: float(rows[p["candidate"]]) for p in pts},
+            "offline_vs_expected_r": float(np.corrcoef(x, y)[0, 1]),
+            "observed_vs_expected_r": float(np.corrcoef(z, y)[0, 1])}  # fmt: skip
 
 
 # ============================================================================ headline
@@ -407,7 +431,8 @@ def headline(summary: dict, abtest: dict) -> dict:
     corr = summary["correlate"]
     vs = lambda metric, arm: (m.get(metric, {}).get("vs_control") or {}).get(arm) or {}  # noqa: E731
     rate = lambda metric, arm: ((m.get(metric, {}).get("arms") or {}).get(arm) or {}).get("value")  # noqa: E731
-    h = {"offline_online_r": corr["pearson_r"], "offline_online_r_ci95": corr["ci95"], "n_candidates": corr["n_candidates"]}
+    h = {"offline_online_r": corr["pearson_r"], "offline_online_r_ci95": corr["ci95"], "n_candidates": corr["n_candidates"],
+         "offline_vs_expected_online_r": (corr.get("ground_truth") or {}).get("offline_vs_expected_r")}
     for arm in ("aggressive", "moderate", "no_judges", "grpo"):
         love = vs("love", arm)
         if not love:
@@ -424,12 +449,14 @@ def headline(summary: dict, abtest: dict) -> dict:
         h[f"{arm}/love_bait_ratio"] = (rate("flagged", arm) / base) if base else None
         h[f"{arm}/guardrails"] = {k: g["status"] for k, g in (abtest.get("guardrails", {}).get(arm) or {}).items()}
     h["sft/love_rate"], h["sft/love_bait_rate"] = rate("love", CONTROL), rate("flagged", CONTROL)
-    hk = summary.get("hacking", {}).get("no_judges")
-    if hk:
-        h["no_judges/closing_rate"] = [hk["closing_judge"].get("baseline", {}).get("rate"),
-                                       hk["closing_judge"].get("candidate", {}).get("rate")]  # fmt: skip
-        h["no_judges/top_phrases"] = hk["top_phrases"][:10]
-        h["no_judges/top_phrases_include_love_bait"] = bool(hk["top_phrases_love_bait"])
+    for arm in ("no_judges", "grpo"):
+        hk = summary.get("hacking", {}).get(arm)
+        if hk:
+            h[f"{arm}/closing_rate"] = [hk["closing_judge"]["baseline"]["rate"], hk["closing_judge"]["candidate"]["rate"]]
+            h[f"{arm}/love_bait_offline"] = [hk["love_bait_anywhere"]["baseline"]["rate"],
+                                             hk["love_bait_anywhere"]["candidate"]["rate"]]  # fmt: skip
+            h[f"{arm}/top_rising"] = (hk["top_phrases"][:5] + hk["top_sentences"][:5])
+            h[f"{arm}/top_rising_love_bait"] = hk["top_love_bait"]
     return h
 
 
@@ -518,8 +545,8 @@ def _print_ab(console: Console, result: dict) -> None:
     console.print(f"control {result['control']}: love {_value(m, 'love', result['control'])}, love-bait "
                   f"{_value(m, 'flagged', result['control'])}")  # fmt: skip
     for arm in list(result["arms"])[1:]:
-        console.print(f"  {arm:<14} love {lift('love', arm):<26} P[helpful] {lift('p_helpful', arm):<24} "
-                      f"P[safe] {lift('p_safe', arm):<24} love-bait {_value(m, 'flagged', arm)}")  # fmt: skip
+        console.print(f"  {arm:<14} love {lift('love', arm):<26} P\\[helpful] {lift('p_helpful', arm):<24} "
+                      f"P\\[safe] {lift('p_safe', arm):<24} love-bait {_value(m, 'flagged', arm)}")  # fmt: skip
 
 
 def _value(metrics: dict, metric: str, arm: str) -> str:

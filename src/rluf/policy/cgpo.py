@@ -108,7 +108,7 @@ class CGPOConfig:
     use_judges: bool = True  # False: the no-judges ablation (judges logged, not enforced)
     tasks: list[TaskConfig] | None = None  # None: the preset's two tasks (see preset_tasks), or one task "all" with `weights`
     engagement_categories: list[str] = field(default_factory=lambda: list(EMOTIONAL))  # the preset's engagement task
-    no_regression_margin: float = 0.05  # the preset's engagement task: helpfulness may drop this much below the baseline's
+    no_regression_margin: float = 0.15  # the preset's engagement task: P[helpful] may drop this much below the logged reply's (docs/optimize.md: why 0.15)
     steps: int = 60  # optimizer steps
     learning_rate: float = 5e-5
     weight_decay: float = 0.0
