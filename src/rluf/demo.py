@@ -81,8 +81,10 @@ class DemoConfig:
     grpo: dict = field(default_factory=dict, metadata={"help": "further GRPOBaselineConfig settings (docs/baselines.md)"})
     offline_prompts: int = field(default=400, metadata={"help": "prompts in the fixed offline evaluation set"})
     offline_samples: int = field(default=4, metadata={"help": "replies sampled per offline prompt"})
-    online_users: int = field(default=6600, metadata={"help": "simulated users of the online test, shared equally by the arms"})
+    online_users: int = field(default=9000, metadata={"help": "simulated users of the online test, split by online_shares"})
     online_days: int = field(default=7, metadata={"help": "days the online test runs"})
+    online_shares: dict = field(default_factory=lambda: {"sft": 3, "aggressive": 3},
+                                metadata={"help": "seats per round of the online split (others 1): the primary comparison gets more users"})
     min_users: int = field(default=20, metadata={"help": "report cells with fewer users are suppressed"})
     workers: int = field(default=2, metadata={"help": "processes for the optimize runs and the online arms"})
     max_new_tokens: int = field(default=64, metadata={"help": "tokens per sampled reply everywhere"})
@@ -99,7 +101,7 @@ class DemoConfig:
             raise DemoError(f"DemoConfig.reward_kinds = {self.reward_kinds!r}: a non-empty list of ngram, encoder, length")
         if any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < self.optimize_steps for k in self.snapshot_steps):
             raise DemoError(f"DemoConfig.snapshot_steps = {self.snapshot_steps!r}: steps in [1, optimize_steps - 1]")
-        for name in ("sft", "optimize", "grpo"):
+        for name in ("sft", "optimize", "grpo", "online_shares"):
             if not isinstance(getattr(self, name), dict):
                 raise DemoError(f"DemoConfig.{name} must be a mapping of settings")
 
@@ -362,13 +364,14 @@ def _online(out: Path, cfg: DemoConfig, candidates: dict, models: dict, log_days
     from .evaluate.online import serve_ab
 
     served = serve_ab(candidates, out / "online", users=cfg.online_users, days=cfg.online_days, seed=cfg.seed + 1,
-                      start_day=log_days, max_new_tokens=cfg.max_new_tokens, workers=cfg.workers, overwrite=True)  # fmt: skip
+                      start_day=log_days, max_new_tokens=cfg.max_new_tokens, workers=cfg.workers, overwrite=True,
+                      shares={k: v for k, v in cfg.online_shares.items() if k in candidates})  # fmt: skip
     console.print(f"{len(candidates)} arms, {cfg.online_users} users, {cfg.online_days} days: "
                   f"{sum(a['assistant_messages'] for a in served['arms'].values())} replies in {served['seconds']:.0f}s")  # fmt: skip
     s = ingest([served["logs"]], out / "online" / "store")
     _print(console, "online traffic ingested", s.as_dict())
     result = analyze(out / "online" / "store", control=CONTROL, models={"helpful": models["helpful"], "safe": models["safe"]},
-                     seed=cfg.seed, min_users_per_cell=cfg.min_users)  # fmt: skip
+                     seed=cfg.seed, min_users_per_cell=cfg.min_users, expected_split=served["expected_split"])  # fmt: skip
     (out / "online" / "abtest.json").write_text(json.dumps(result, indent=1) + "\n")
     _print_ab(console, result)
     return result, {"served": served, "ingest": s.as_dict()}

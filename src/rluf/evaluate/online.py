@@ -46,12 +46,28 @@ class OnlineEvalError(ValueError):
     pass
 
 
-def assign_arms(users: int, arms: list[str], seed: int = 0) -> dict[str, list[int]]:
-    """{arm: sorted user indices}: users ranked by sha256(seed, index), dealt to the arms in turn."""
-    if users < len(arms):
-        raise OnlineEvalError(f"users ({users}) must be at least the number of arms ({len(arms)})")
+def assign_arms(users: int, arms: list[str], seed: int = 0, shares: dict[str, int] | None = None) -> dict[str, list[int]]:
+    """{arm: sorted user indices}: users ranked by sha256(seed, index), dealt to the arms in turn.
+
+    shares: {arm: whole number of seats per round} for an unequal split (default 1 each: equal); an arm
+    not named gets 1. With shares {a: 3, b: 1} a round deals a, a, a, b: a gets three users of four.
+    """
+    shares = shares or {}
+    unknown = sorted(set(shares) - set(arms))
+    if unknown:
+        raise OnlineEvalError(f"shares name arms {unknown} that are not among the arms {arms}")
+    for arm, w in shares.items():
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise OnlineEvalError(f"shares[{arm!r}] = {w!r} must be a whole number >= 1 (seats per round)")
+    seats = [arm for arm in arms for _ in range(shares.get(arm, 1))]
+    if users < len(seats):
+        raise OnlineEvalError(f"users ({users}) must be at least one round of seats ({len(seats)}: one per arm, "
+                              "or as the shares say)")  # fmt: skip
     ranked = sorted(range(users), key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).digest())
-    return {arm: sorted(ranked[k:: len(arms)]) for k, arm in enumerate(arms)}
+    out: dict[str, list[int]] = {arm: [] for arm in arms}
+    for k, i in enumerate(ranked):
+        out[seats[k % len(seats)]].append(i)
+    return {arm: sorted(v) for arm, v in out.items()}
 
 
 def _check(arms, out_dir, users, days, seed, start_day, overwrite, batch_users) -> Path:
@@ -79,7 +95,8 @@ def _check(arms, out_dir, users, days, seed, start_day, overwrite, batch_users) 
 def serve_ab(arms: dict[str, str | Path | None], out_dir: str | Path, *, users: int = 200, days: int = 14,
              seed: int = 0, start_day: int = 0, prefix: str = "ab-", config: WorldConfig | None = None,
              max_new_tokens: int = 64, temperature: float = 1.0, overwrite: bool = False,
-             batch_users: int = 128, workers: int = 1, threads: int | None = None) -> dict:  # fmt: skip
+             batch_users: int = 128, workers: int = 1, threads: int | None = None,
+             shares: dict[str, int] | None = None) -> dict:  # fmt: skip
     """Serve `arms` ({name: policy directory, or None for the simulator's baseline}) to `users` simulated
     users for `days` days from `start_day`; write the logs and the truth to `out_dir`; return a summary.
 
@@ -87,6 +104,8 @@ def serve_ab(arms: dict[str, str | Path | None], out_dir: str | Path, *, users: 
     max_new_tokens, temperature: sampling of the model policies.
     batch_users: an arm's users are served in groups of this many, live at once, their pending turns
     generated as one batch (World.serve's batch_users); 1 answers one turn at a time.
+    shares: {arm: seats per round} for an unequal split (assign_arms); the summary's `expected_split`
+    is what `rluf abtest` needs for its sample-ratio test.
     workers: processes serving the groups in parallel; threads: torch threads per process (default:
     the cores shared out). The groups and their order do not depend on `workers`: the output is the
     same for any number of them.
@@ -100,7 +119,7 @@ def serve_ab(arms: dict[str, str | Path | None], out_dir: str | Path, *, users: 
                                   "directory (rluf sft and rluf optimize write one)")  # fmt: skip
     t0 = time.perf_counter()
     world = World(config, seed)
-    assignment = assign_arms(users, list(arms), seed)
+    assignment = assign_arms(users, list(arms), seed, shares)
     logs_dir, truth_dir, parts = out / "logs", out / "truth", out / "_parts"
     shutil.rmtree(parts, ignore_errors=True)
     for d in (logs_dir, truth_dir, parts):
@@ -138,7 +157,8 @@ def serve_ab(arms: dict[str, str | Path | None], out_dir: str | Path, *, users: 
     user_ids = {name: [world.user(i, prefix=prefix).user_id for i in assignment[name]] for name in arms}
     summary = {"out": str(out), "logs": str(logs_dir / "conversations.jsonl"), "truth": str(truth_dir),
                "users": users, "days": days, "seed": seed, "start_day": start_day, "prefix": prefix,
-               "intercepts": list(world.intercepts), "arms": per_arm, "workers": workers}  # fmt: skip
+               "intercepts": list(world.intercepts), "arms": per_arm, "workers": workers,
+               "expected_split": {arm: (shares or {}).get(arm, 1) for arm in arms}}  # fmt: skip
     (truth_dir / "assignment.json").write_text(json.dumps({**summary, "assignment": user_ids}, indent=1) + "\n")
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary
@@ -193,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--batch-users", type=int, default=128, help="users of a model arm served at once (one generation batch)")
+    p.add_argument("--share", action="append", default=[], metavar="NAME=SEATS",
+                   help="an unequal split: NAME gets SEATS users per round, others 1 (repeat)")
     p.add_argument("--workers", type=int, default=1, help="processes serving user groups in parallel (same output for any number)")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
@@ -203,11 +225,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --arm {name!r} is given twice; arm names must be unique", file=sys.stderr)
             return 2
         arms[name] = path if sep else None
+    shares = {}
+    for spec in a.share:
+        name, sep, seats = spec.partition("=")
+        if not sep or not seats.isdigit():
+            print(f"error: --share {spec!r}: expected NAME=SEATS with a whole number, e.g. --share baseline=3", file=sys.stderr)
+            return 2
+        shares[name] = int(seats)
     try:
         config = load_config(a.config) if a.config else None
         summary = serve_ab(arms, a.out, users=a.users, days=a.days, seed=a.seed, start_day=a.start_day, prefix=a.prefix,
                            config=config, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                           overwrite=a.overwrite, batch_users=a.batch_users, workers=a.workers)  # fmt: skip
+                           overwrite=a.overwrite, batch_users=a.batch_users, workers=a.workers,
+                           shares=shares or None)  # fmt: skip
     except (OnlineEvalError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
