@@ -140,6 +140,19 @@ def test_assignment_is_an_equal_seeded_split():
     assert a != assign_arms(101, ["baseline", "candidate"], seed=1)
 
 
+def test_shares_give_an_unequal_seeded_split():
+    a = assign_arms(1000, ["control", "main", "x", "y"], seed=2, shares={"control": 3, "main": 3})
+    assert sorted(sum(a.values(), [])) == list(range(1000))
+    assert [len(a[k]) for k in ("control", "main", "x", "y")] == [375, 375, 125, 125]
+    assert assign_arms(10, ["a", "b"], shares={"a": 1}) == assign_arms(10, ["a", "b"])  # all ones: the equal split
+    with pytest.raises(OnlineEvalError, match="not among the arms"):
+        assign_arms(10, ["a", "b"], shares={"c": 2})
+    with pytest.raises(OnlineEvalError, match="whole number >= 1"):
+        assign_arms(10, ["a", "b"], shares={"a": 0})
+    with pytest.raises(OnlineEvalError, match="one round of seats"):
+        assign_arms(4, ["a", "b"], shares={"a": 4})
+
+
 @pytest.mark.slow
 def test_serve_ab_logs_ingest_and_analyze(setup, tmp_path):
     root, _ = setup
