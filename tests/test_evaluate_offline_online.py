@@ -185,7 +185,9 @@ def test_serve_ab_output_does_not_depend_on_workers(setup, tmp_path):
     root, _ = setup
     arms = {"baseline": None, "candidate": root / "policy"}
     kw = {"users": 10, "days": 2, "seed": 3, "max_new_tokens": 6, "batch_users": 3}
-    one = serve_ab(arms, tmp_path / "one", workers=1, **kw)
+    calls = []
+    one = serve_ab(arms, tmp_path / "one", workers=1, progress=lambda done, total: calls.append((done, total)), **kw)
+    assert calls == [(1, 3), (2, 3), (3, 3)]  # the baseline arm is one group; the model arm's 5 users are groups of 3
     two = serve_ab(arms, tmp_path / "two", workers=2, **kw)
     assert one["arms"] == two["arms"]
     assert (tmp_path / "one" / "logs" / "conversations.jsonl").read_bytes() == \

@@ -151,6 +151,21 @@ def signals(
         out.print(f"written {Path(out_dir) / 'signals.json'} and {Path(out_dir) / 'signals_vs_retention.png'}")
 
 
+def _apply_sets(settings: dict, overrides: List[str], example: str) -> dict:
+    """settings updated with --set KEY=YAML_VALUE items; a malformed item exits 2 with an example."""
+    import yaml
+
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--set {item!r}: expected KEY=VALUE, e.g. --set {example}")
+        try:
+            settings[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            _fail(f"--set {item!r}: the value is not valid YAML ({exc})")
+    return settings
+
+
 def _read_config(path: Optional[Path]) -> dict:
     """A YAML or JSON mapping of settings (empty when no file is given)."""
     if path is None:
@@ -428,18 +443,11 @@ def sft(
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ):
     """Supervised fine-tuning: the tiny policy (or --set init_model=DIR) learns the logged replies."""
-    import yaml
-
     from .policy.data import PromptDataError
     from .policy.sft import SFTConfig, SFTError, run_sft
     from .sim.quality import reply_quality
 
-    settings = _read_config(config)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            _fail(f"--set {item!r}: expected KEY=VALUE, e.g. --set max_rows=5000")
-        settings[key] = yaml.safe_load(value)
+    settings = _apply_sets(_read_config(config), overrides, "max_rows=5000")
     try:
         cfg = SFTConfig.from_dict(settings)
         p = Progress(TextColumn("[bold]sft"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
@@ -509,22 +517,12 @@ def optimize(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Optimize a policy with CGPO (CRPG or CRRAFT per task) against calibrated rewards inside a Mixture of Judges."""
-    import yaml
-
     from .judges import JudgeError
     from .policy.cgpo import CGPOError, CGPOTrainer, load_config
     from .policy.rewards import RewardError
     from .reward.base import RewardModelError
 
-    values = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            _fail(f"--set {item!r}: expected KEY=VALUE, e.g. --set steps=10")
-        try:
-            values[key] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            _fail(f"--set {item!r}: the value is not valid YAML ({exc})")
+    values = _apply_sets({}, overrides, "steps=10")
     try:
         cfg = load_config(config, values)
         p = Progress(TextColumn("[bold]optimize"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
@@ -557,19 +555,9 @@ def demo(
     overrides: List[str] = typer.Option([], "--set", help="Override a setting, KEY=YAML_VALUE (repeatable), e.g. --set users=500."),
 ):
     """Run the whole loop on the embedded default world (the main job behind `make demo`)."""
-    import yaml
-
     from .demo import DemoConfig, DemoError, run_demo
 
-    settings = _read_config(config)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            _fail(f"--set {item!r}: expected KEY=VALUE, e.g. --set users=500")
-        try:
-            settings[key] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            _fail(f"--set {item!r}: the value is not valid YAML ({exc})")
+    settings = _apply_sets(_read_config(config), overrides, "users=500")
     try:
         cfg = DemoConfig.from_dict(settings)
     except DemoError as exc:

@@ -32,13 +32,14 @@ The public feedback samples in ../shared/data/real are imported too when that di
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import multiprocessing
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -348,11 +349,14 @@ def _offline(out: Path, cfg: DemoConfig, candidates: dict, models: dict, console
     results = {}
     d = out / "evaluate" / "offline"
     d.mkdir(parents=True, exist_ok=True)
-    for name, policy in candidates.items():
+    with _bar(console, "offline candidates") as bar:
+        for k, (name, policy) in enumerate(candidates.items()):
+            slug = _slug(name)
+            results[name] = evaluate_offline(policy, rows, models, ocfg, replies_out=d / f"{slug}.replies.jsonl", name=name)
+            bar(k + 1, len(candidates))
+    for name, r in results.items():
         slug = _slug(name)
-        r = evaluate_offline(policy, rows, models, ocfg, replies_out=d / f"{slug}.replies.jsonl", name=name)
         (d / f"{slug}.json").write_text(json.dumps(r, indent=1) + "\n")
-        results[name] = r
         console.print(format_summary(r).splitlines()[0] + f"  P\\[love] {r['rewards']['love']['p']['mean']:.4f}, "
                       f"P\\[helpful] {r['rewards']['helpful']['p']['mean']:.3f}, love-bait pass "
                       f"{r['judges']['love_bait']['pass_rate']:.3f}")  # fmt: skip
@@ -363,9 +367,10 @@ def _online(out: Path, cfg: DemoConfig, candidates: dict, models: dict, log_days
     from .evaluate.abtest import analyze
     from .evaluate.online import serve_ab
 
-    served = serve_ab(candidates, out / "online", users=cfg.online_users, days=cfg.online_days, seed=cfg.seed + 1,
-                      start_day=log_days, max_new_tokens=cfg.max_new_tokens, workers=cfg.workers, overwrite=True,
-                      shares={k: v for k, v in cfg.online_shares.items() if k in candidates})  # fmt: skip
+    with _bar(console, "online user groups") as bar:
+        served = serve_ab(candidates, out / "online", users=cfg.online_users, days=cfg.online_days, seed=cfg.seed + 1,
+                          start_day=log_days, max_new_tokens=cfg.max_new_tokens, workers=cfg.workers, overwrite=True,
+                          shares={k: v for k, v in cfg.online_shares.items() if k in candidates}, progress=bar)  # fmt: skip
     console.print(f"{len(candidates)} arms, {cfg.online_users} users, {cfg.online_days} days: "
                   f"{sum(a['assistant_messages'] for a in served['arms'].values())} replies in {served['seconds']:.0f}s")  # fmt: skip
     s = ingest([served["logs"]], out / "online" / "store")
@@ -511,26 +516,31 @@ class _Clock:
             self.console.print(f"[dim]{self.stage}: {self.seconds[self.stage]:.0f}s[/]")
 
 
-def _parallel(fn, jobs: list, workers: int, console: Console, what: str) -> list:
-    """fn over jobs, `workers` processes at a time (spawned: no forked torch state), with a progress bar."""
+@contextlib.contextmanager
+def _bar(console: Console, what: str):
+    """A progress bar for `what`; yields update(done, total)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    results = [None] * len(jobs)
     with Progress(TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as p:  # fmt: skip
-        bar = p.add_task(what, total=len(jobs))
+        task = p.add_task(what, total=None)
+        yield lambda done, total: p.update(task, completed=done, total=total)
+
+
+def _parallel(fn, jobs: list, workers: int, console: Console, what: str) -> list:
+    """fn over jobs, `workers` processes at a time (spawned: no forked torch state), with a progress bar."""
+    results = [None] * len(jobs)
+    with _bar(console, what) as bar:
         if workers == 1:
             for i, job in enumerate(jobs):
                 results[i] = fn(job)
-                p.advance(bar)
+                bar(i + 1, len(jobs))
             return results
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
-            from concurrent.futures import as_completed
-
-            for f in as_completed(futures):
+            for done, f in enumerate(as_completed(futures), start=1):
                 results[futures[f]] = f.result()
-                p.advance(bar)
+                bar(done, len(jobs))
     return results
 
 

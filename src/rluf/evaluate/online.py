@@ -96,7 +96,7 @@ def serve_ab(arms: dict[str, str | Path | None], out_dir: str | Path, *, users: 
              seed: int = 0, start_day: int = 0, prefix: str = "ab-", config: WorldConfig | None = None,
              max_new_tokens: int = 64, temperature: float = 1.0, overwrite: bool = False,
              batch_users: int = 128, workers: int = 1, threads: int | None = None,
-             shares: dict[str, int] | None = None) -> dict:  # fmt: skip
+             shares: dict[str, int] | None = None, progress=None) -> dict:  # fmt: skip
     """Serve `arms` ({name: policy directory, or None for the simulator's baseline}) to `users` simulated
     users for `days` days from `start_day`; write the logs and the truth to `out_dir`; return a summary.
 
@@ -106,6 +106,7 @@ def serve_ab(arms: dict[str, str | Path | None], out_dir: str | Path, *, users: 
     generated as one batch (World.serve's batch_users); 1 answers one turn at a time.
     shares: {arm: seats per round} for an unequal split (assign_arms); the summary's `expected_split`
     is what `rluf abtest` needs for its sample-ratio test.
+    progress: called as progress(groups done, groups) after each group is written.
     workers: processes serving the groups in parallel; threads: torch threads per process (default:
     the cores shared out). The groups and their order do not depend on `workers`: the output is the
     same for any number of them.
@@ -143,10 +144,12 @@ def serve_ab(arms: dict[str, str | Path | None], out_dir: str | Path, *, users: 
         else:
             pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
             results = pool.map(_serve_group, jobs)
-        for job, counts in zip(jobs, results):
+        for done, (job, counts) in enumerate(zip(jobs, results), start=1):
             writers.append(Path(job["part"]))
             for key, n in counts.items():
                 per_arm[job["name"]][key] += n
+            if progress is not None:
+                progress(done, len(jobs))
     except ValueError as exc:
         raise OnlineEvalError(str(exc)) from None
     finally:

@@ -736,7 +736,9 @@ def _categories(d: dict, opt: Options) -> Html:
             cells.append((cat, arm, m.get("lift"), m.get("ci95"), True))
     intro = para(f"The {metric} lift of each treatment arm against the control on the replies of each conversation "
                  f"category (user-clustered 95 % CI). A cell with fewer than {opt.min_users} users in either arm is "
-                 "suppressed. The p-values are not corrected for the many cells.")  # fmt: skip
+                 "suppressed. The chart shows up to five final arms (checkpoints NAME@STEP are in the table), its axis "
+                 "fitted to the estimates, so long intervals run off it. The p-values are not corrected for the many "
+                 "cells.")  # fmt: skip
     head = ["category", "arm", "users (arm / control)", "replies (arm / control)", f"{metric} rate (arm vs control)",
             f"{metric} lift [95 % CI]", "p"]  # fmt: skip
     return join(intro, _category_chart(cells, metric, opt), table(head, rows))
@@ -745,6 +747,10 @@ def _categories(d: dict, opt: Options) -> Html:
 def _category_chart(cells: list[tuple], metric: str, opt: Options) -> Html:
     cats = list(dict.fromkeys(c[0] for c in cells))
     arms = list(dict.fromkeys(c[1] for c in cells))
+    finals = [a for a in arms if "@" not in a]  # checkpoints (NAME@STEP) stay in the table, not the chart
+    arms = (finals or arms)[:5]
+    cells = [c for c in cells if c[1] in arms]
+    lifts = [100 * c[2] for c in cells if c[4] and finite(c[2])]
     fig = new_figure(7.0, 0.38 * len(cats) * max(1, len(arms)) + 1.4)
     ax = fig.add_subplot()
     h = 0.8 / len(arms)
@@ -766,6 +772,8 @@ def _category_chart(cells: list[tuple], metric: str, opt: Options) -> Html:
                     ax.errorbar([v], [y], xerr=errors([v], [[100 * ci[0], 100 * ci[1]]]), fmt="none",
                                 ecolor="#212529", capsize=2)  # fmt: skip
     ax.axvline(0, color="#495057", lw=0.8)
+    if lifts:  # intervals of small cells run far; the axis follows the estimates
+        ax.set_xlim(max(-100.0, min(lifts) * 1.6 - 20), max(lifts) * 1.6 + 20)
     ax.set_yticks(np.arange(len(cats))[::-1], cats)
     ax.set_ylim(-0.6, len(cats) - 0.4)
     ax.set_xlabel(f"{metric} lift vs control, % (95 % CI)")
