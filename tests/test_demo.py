@@ -34,6 +34,9 @@ def test_demo_runs_the_whole_loop(tmp_path):
     for name in names:
         slug = name.replace("@", "_step")
         assert (out / "evaluate" / "offline" / f"{slug}.json").is_file()
+    trained = {json.loads(line)["user_id"] for line in (out / "policy" / "train_prompts.jsonl").read_text().splitlines()}
+    evaluated = {json.loads(line)["user_id"] for line in (out / "evaluate" / "offline" / "sft.replies.jsonl").read_text().splitlines()}
+    assert trained and evaluated and not trained & evaluated  # the offline set holds users no candidate trained on
     served = saved["online"]["served"]
     assert set(served["arms"]) == names and sum(a["assigned_users"] for a in served["arms"].values()) == 40
     assert saved["online"]["ingest"]["rejected"] == 0 and saved["online"]["ingest"]["reconciles"]

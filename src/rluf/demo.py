@@ -273,7 +273,8 @@ def _sft(out: Path, cfg: DemoConfig, console: Console) -> dict:
 
 def _optimize_runs(out: Path, cfg: DemoConfig, models: dict) -> list[dict]:
     """The optimize jobs: (name, kind, settings), longest first."""
-    base = {"policy": str(out / "sft"), "prompts": str(out / "store"), "reward_models": models, "steps": cfg.optimize_steps,
+    base = {"policy": str(out / "sft"), "prompts": str(out / "policy" / "train_prompts.jsonl"), "reward_models": models,
+            "steps": cfg.optimize_steps,
             "learning_rate": cfg.learning_rate, "max_new_tokens": cfg.max_new_tokens, "eval_prompts": 0,
             "snapshot_steps": list(cfg.snapshot_steps), "save_every": 0, "seed": cfg.seed,
             "judges": [{"type": "love_bait"}, {"type": "repetition"},
@@ -288,12 +289,18 @@ def _optimize_runs(out: Path, cfg: DemoConfig, models: dict) -> list[dict]:
                      "reward_weights": [0.3, 0.5, 0.2], "seed": cfg.seed, **cfg.grpo}})  # fmt: skip
     for r in runs:
         r["out"] = str(out / "policy" / r["name"])
-        r["models"], r["store"], r["policy"] = models, str(out / "store"), str(out / "sft")
+        r["models"], r["prompts"], r["policy"] = models, base["prompts"], str(out / "sft")
         r["threads"] = max(1, (os.cpu_count() or 1) // cfg.workers)
     return runs
 
 
 def _optimize(out: Path, cfg: DemoConfig, models: dict, console: Console) -> tuple[dict, dict]:
+    from .policy.data import prompt_rows_to_records
+
+    train, _ = _prompt_split(out, cfg)  # every run trains on these; the offline set comes from the other side
+    (out / "policy").mkdir(parents=True, exist_ok=True)
+    with open(out / "policy" / "train_prompts.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in prompt_rows_to_records(train))
     runs = _optimize_runs(out, cfg, models)
     results = _parallel(_optimize_job, runs, cfg.workers, console, "optimize runs")
     candidates = {CONTROL: str(out / "sft")}
@@ -322,28 +329,28 @@ def _optimize_job(run: dict) -> dict:
         return {"steps": summary["steps"], "seconds": time.perf_counter() - t0, "kl": final.get("kl"),
                 "judges_pass": final.get("judges/all/pass_rate"), "reward": final.get("reward/mean")}  # fmt: skip
     from .policy.baselines import GRPOBaselineConfig, run_grpo
-    from .policy.data import load_prompts, split_prompts
+    from .policy.data import records_to_prompt_rows
     from .policy.rewards import CalibratedReward
 
-    rows = split_prompts(load_prompts(run["store"], limit=20_000, seed=run["settings"]["seed"]), 0.1,
-                         run["settings"]["seed"])[0]  # fmt: skip
+    with open(run["prompts"], encoding="utf-8") as f:
+        rows = records_to_prompt_rows([json.loads(line) for line in f], source=run["prompts"])
     funcs = [CalibratedReward(run["models"][n], name=f"calibrated_{n}") for n in ("love", "helpful", "safe")]
-    m = run_grpo(run["policy"], rows, funcs, run["out"], GRPOBaselineConfig.from_dict(run["settings"]))
+    run_grpo(run["policy"], rows, funcs, run["out"], GRPOBaselineConfig.from_dict(run["settings"]))
     return {"steps": run["settings"]["steps"], "seconds": time.perf_counter() - t0}
 
 
-def _eval_rows(out: Path, cfg: DemoConfig):
-    """The fixed offline prompt set: users no candidate trained on (CGPO's held-out split, a 10 % share)."""
+def _prompt_split(out: Path, cfg: DemoConfig):
+    """(train, held out): the store's prompt rows (a stratified 20,000), split by user 90 / 10. The optimizers
+    train on the first; the fixed offline prompt set is drawn from the second, users no candidate saw."""
     from .policy.data import load_prompts, split_prompts
 
-    rows = load_prompts(out / "store", limit=20_000, seed=cfg.seed)
-    return split_prompts(rows, 0.1, cfg.seed)[1]
+    return split_prompts(load_prompts(out / "store", limit=20_000, seed=cfg.seed), 0.1, cfg.seed)
 
 
 def _offline(out: Path, cfg: DemoConfig, candidates: dict, models: dict, console: Console) -> dict:
     from .evaluate.offline import OfflineConfig, evaluate_offline, format_summary
 
-    rows = _eval_rows(out, cfg)
+    rows = _prompt_split(out, cfg)[1]
     ocfg = OfflineConfig(prompts=cfg.offline_prompts, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
                          samples_per_prompt=cfg.offline_samples)  # fmt: skip
     results = {}
