@@ -305,13 +305,18 @@ def _flatten(d: dict, prefix: str = ""):
 # ---------------------------------------------------------------------- signals vs retention
 
 
-def signals_section(run: Run, opt: Options) -> Html:
-    rel = "signals/signals.json"
+def one_file(run: Run, opt: Options, rel: str, command: str, producer: str, render) -> Html:
+    """A section drawn from one JSON file of the run: `render(data, opt)`, or the "not run" note when it is
+    missing; a key or type the section cannot read is an error naming the file and its producer."""
     d = run.json(rel)
     if d is None:
-        return not_run(rel, SIGNALS_CMD)
-    with reading(run.root, rel, "rluf signals"):
-        return _signals(d, opt)
+        return not_run(rel, command)
+    with reading(run.root, rel, producer):
+        return render(d, opt)
+
+
+def signals_section(run: Run, opt: Options) -> Html:
+    return one_file(run, opt, "signals/signals.json", SIGNALS_CMD, "rluf signals", _signals)
 
 
 def _signals(d: dict, opt: Options) -> Html:
@@ -530,12 +535,7 @@ def _tradeoff_chart(cands: list[dict], on_front: set[str]) -> Html:
 
 
 def correlate_section(run: Run, opt: Options) -> Html:
-    rel = "correlate/correlation.json"
-    d = run.json(rel)
-    if d is None:
-        return not_run(rel, CORRELATE_CMD)
-    with reading(run.root, rel, "rluf evaluate correlate"):
-        return _correlate(d, opt)
+    return one_file(run, opt, "correlate/correlation.json", CORRELATE_CMD, "rluf evaluate correlate", _correlate)
 
 
 def _correlate(d: dict, opt: Options) -> Html:
@@ -599,12 +599,7 @@ def _correlate_chart(d: dict, pts: list[dict]) -> Html:
 
 
 def abtest_section(run: Run, opt: Options) -> Html:
-    rel = "online/abtest.json"
-    d = run.json(rel)
-    if d is None:
-        return not_run(rel, ABTEST_CMD)
-    with reading(run.root, rel, "rluf abtest"):
-        return _abtest(d, opt)
+    return one_file(run, opt, "online/abtest.json", ABTEST_CMD, "rluf abtest", _abtest)
 
 
 def _metric_format(kind: str) -> tuple[Callable[[Any], str], Callable[[Any], str]]:
@@ -707,12 +702,7 @@ def _lift_chart(lifts: list[tuple]) -> Html:
 
 
 def category_section(run: Run, opt: Options) -> Html:
-    rel = "online/abtest.json"
-    d = run.json(rel)
-    if d is None:
-        return not_run(rel, ABTEST_CMD)
-    with reading(run.root, rel, "rluf abtest"):
-        return _categories(d, opt)
+    return one_file(run, opt, "online/abtest.json", ABTEST_CMD, "rluf abtest", _categories)
 
 
 def _categories(d: dict, opt: Options) -> Html:
