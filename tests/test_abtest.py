@@ -251,6 +251,24 @@ def test_guardrails_pass_fail_and_not_evaluated(guard_store, helpful_dir):
         analyze(guard_store, control="A", guardrails={"thumbsdown": 0.1})
 
 
+@pytest.mark.slow
+def test_unsafe_rate_guardrail_bounds_the_absolute_change(guard_store, tmp_path):
+    """A safety model that calls the two-word replies unsafe: B (all short) fails, C (long, 0 vs 0) passes."""
+    responses = [LONG] * 20 + [SHORT] * 20
+    safe = LengthRewardModel(signal="safe").fit([""] * 40, responses, [1] * 20 + [0] * 20).save(tmp_path / "safe")
+    r = analyze(guard_store, control="A", judges=[], models={"safe": str(safe)})
+    unsafe, g = r["metrics"]["unsafe"], r["guardrails"]
+    assert unsafe["kind"] == "classified"
+    assert unsafe["arms"]["A"]["value"] == 0 and unsafe["arms"]["B"]["value"] == 1 and unsafe["arms"]["C"]["value"] == 0
+    assert g["B"]["unsafe"]["status"] == "fail" and g["B"]["unsafe"]["estimate"] == pytest.approx(1.0)
+    assert g["C"]["unsafe"]["status"] == "pass" and g["C"]["unsafe"]["ci95"] == [0.0, 0.0]
+    assert "P[safe] < 0.5" in g["C"]["unsafe"]["rule"]
+    loose = analyze(guard_store, control="A", judges=[], models={"safe": str(safe)}, guardrails={"unsafe": 2.0})
+    assert loose["guardrails"]["B"]["unsafe"]["status"] == "pass"
+    without = analyze(guard_store, control="A", judges=[])
+    assert "unsafe" not in without["metrics"] and without["guardrails"]["B"]["unsafe"]["status"] == "not evaluated"
+
+
 def test_small_category_cells_are_suppressed_not_dropped(guard_store):
     r = analyze(guard_store, control="A", judges=[])
     rare, chat = r["by_category"]["rare"], r["by_category"]["chat"]

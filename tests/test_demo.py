@@ -48,6 +48,11 @@ def test_demo_runs_the_whole_loop(tmp_path):
     assert "<html" in html.lower() and "data:image/png;base64," in html
     h = saved["headline"]
     assert h["n_candidates"] == len(names)
+    assert 0 <= h["sft/unsafe_rate"] <= 1 and 0 <= h["sft/true_unsafe_rate"] <= 1
+    for arm in ("aggressive", "no_judges"):
+        lo, hi = h[f"{arm}/unsafe_rate_change_ci95"]
+        assert lo <= h[f"{arm}/unsafe_rate_change"] <= hi and 0 <= h[f"{arm}/true_unsafe_rate"] <= 1
+        assert set(h[f"{arm}/guardrails"]) == {"thumbs_down", "helpful", "safe", "unsafe", "hacking"}
     assert set(saved["seconds"]) >= {"simulate", "sft", "optimize", "offline", "online", "report", "total"}
 
 

@@ -27,7 +27,7 @@ from rluf.policy.data import (
     split_prompts,
     stratified_sample,
 )
-from rluf.policy.generate import PolicyResponder, generate
+from rluf.policy.generate import PolicyResponder, generate, length_batches
 from rluf.policy.sft import (
     SFTConfig,
     SFTError,
@@ -314,6 +314,31 @@ def test_generation_is_seeded_and_stops_at_eos(sft):
     assert not any(s in t for r in a for t in r for s in SPECIAL_TOKENS)
     greedy = generate(model, tok, prompts, max_new_tokens=24, temperature=0)
     assert greedy == generate(model, tok, prompts, max_new_tokens=24, temperature=0, seed=1)
+
+
+@pytest.mark.slow
+def test_replies_come_back_in_prompt_order_whatever_the_length_batches(sft):
+    out = sft[0]
+    tok, model = AutoTokenizer.from_pretrained(out), AutoModelForCausalLM.from_pretrained(out)
+    short = [[{"role": "user", "text": f"tell me about tea {i}"}] for i in range(3)]
+    long = [[{"role": "user", "text": "i feel lonely tonight " * 30}, {"role": "assistant", "text": "I hear you. " * 20},
+             {"role": "user", "text": "and what about coffee"}]]  # fmt: skip
+    prompts = [short[0], long[0], short[1], short[2]]
+    together = generate(model, tok, prompts, max_new_tokens=16, temperature=0, batch_size=64)
+    alone = [generate(model, tok, [p], max_new_tokens=16, temperature=0)[0] for p in prompts]
+    assert together == alone
+
+
+def test_length_batches_group_similar_lengths_and_cover_every_prompt():
+    lengths = [40, 400, 38, 41, 39, 420, 12] + [30] * 40
+    batches = length_batches(lengths, batch_size=16, min_rows=4)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(1 <= len(b) <= 16 for b in batches)
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(flat)  # shortest first
+    assert [lengths[i] for i in batches[-1]] == [400, 420]  # the long prompts do not pad the short ones
+    assert length_batches(lengths, batch_size=64, min_rows=64) == [sorted(range(len(lengths)), key=lambda i: (lengths[i], i))]
+    assert length_batches([], batch_size=8) == []
 
 
 @pytest.mark.slow

@@ -386,7 +386,7 @@ def _online(out: Path, cfg: DemoConfig, candidates: dict, models: dict, log_days
                      seed=cfg.seed, min_users_per_cell=cfg.min_users, expected_split=served["expected_split"])  # fmt: skip
     (out / "online" / "abtest.json").write_text(json.dumps(result, indent=1) + "\n")
     _print_ab(console, result)
-    return result, {"served": served, "ingest": s.as_dict()}
+    return result, {"served": served, "ingest": s.as_dict(), "true_unsafe": _true_unsafe(out)}
 
 
 def _hacking(out: Path, cfg: DemoConfig, candidates: dict, console: Console) -> dict:
@@ -418,6 +418,19 @@ def _hacking(out: Path, cfg: DemoConfig, candidates: dict, console: Console) -> 
     return brief
 
 
+def _true_unsafe(out: Path) -> dict:
+    """What only a simulator can tell of safety: per arm, how many served replies were truly unsafe (the
+    simulator's reading of the text, OUT/online/truth). The A/B guardrails judge safety through the
+    safety reward model, as production must; this says whether that model missed a real regression.
+    Evaluation only: nothing trains on the truth."""
+    import duckdb
+
+    path = out / "online" / "truth" / "messages.parquet"
+    rows = duckdb.sql(f"SELECT policy, count(*) FILTER (WHERE safety = 'unsafe'), count(*) "
+                      f"FROM read_parquet('{path}') GROUP BY 1 ORDER BY 1").fetchall()  # fmt: skip
+    return {p: {"unsafe": int(k), "replies": int(n), "rate": k / n} for p, k, n in rows}
+
+
 def _ground_truth_check(out: Path, corr: dict) -> dict:
     """What only a simulator can tell: each arm's expected love rate (the mean true P[love] of the replies
     it served, OUT/online/truth) and the Pearson r of the offline score with it. Observed rates carry the
@@ -445,13 +458,14 @@ def headline(summary: dict, abtest: dict) -> dict:
     m = abtest["metrics"]
     corr = summary["correlate"]
     vs = lambda metric, arm: (m.get(metric, {}).get("vs_control") or {}).get(arm) or {}  # noqa: E731
+    true_unsafe = summary.get("online", {}).get("true_unsafe") or {}
     rate = lambda metric, arm: ((m.get(metric, {}).get("arms") or {}).get(arm) or {}).get("value")  # noqa: E731
     h = {"offline_online_r": corr["pearson_r"], "offline_online_r_ci95": corr["ci95"], "n_candidates": corr["n_candidates"],
          "offline_vs_expected_online_r": (corr.get("ground_truth") or {}).get("offline_vs_expected_r")}
     for arm in ("aggressive", "moderate", "no_judges", "grpo"):
-        love = vs("love", arm)
-        if not love:
+        if arm not in abtest["arms"]:
             continue
+        love = vs("love", arm)  # empty when no love reaction was logged at all (a tiny run)
         h[f"{arm}/love_lift"] = love.get("lift")
         h[f"{arm}/love_lift_ci95"] = love.get("ci95")
         h[f"{arm}/love_lift_p"] = love.get("p_value")
@@ -459,11 +473,19 @@ def headline(summary: dict, abtest: dict) -> dict:
             if vs(g, arm):
                 h[f"{arm}/{g}_change"] = vs(g, arm).get("lift")
                 h[f"{arm}/{g}_change_ci95"] = vs(g, arm).get("ci95")
+        if vs("unsafe", arm):  # absolute change of the share of replies the safety model calls unsafe
+            h[f"{arm}/unsafe_rate_change"] = vs("unsafe", arm).get("diff")
+            h[f"{arm}/unsafe_rate_change_ci95"] = vs("unsafe", arm).get("diff_ci95")
+        if true_unsafe.get(arm):
+            h[f"{arm}/true_unsafe_rate"] = true_unsafe[arm]["rate"]
         h[f"{arm}/love_bait_rate"] = rate("flagged", arm)
         base = rate("flagged", CONTROL)
         h[f"{arm}/love_bait_ratio"] = (rate("flagged", arm) / base) if base else None
         h[f"{arm}/guardrails"] = {k: g["status"] for k, g in (abtest.get("guardrails", {}).get(arm) or {}).items()}
     h["sft/love_rate"], h["sft/love_bait_rate"] = rate("love", CONTROL), rate("flagged", CONTROL)
+    h["sft/unsafe_rate"] = rate("unsafe", CONTROL)
+    if true_unsafe.get(CONTROL):
+        h["sft/true_unsafe_rate"] = true_unsafe[CONTROL]["rate"]
     for arm in ("no_judges", "grpo"):
         hk = summary.get("hacking", {}).get(arm)
         if hk:
