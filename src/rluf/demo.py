@@ -1,6 +1,6 @@
 """The main job behind `make demo`: `rluf demo --out runs/demo`, the whole RLUF loop on the embedded world.
 
-    rluf demo --out runs/demo                        # the default world: 2,000 users, about 14 minutes on 2 cores
+    rluf demo --out runs/demo                        # the default world: 2,000 users, 14-20 minutes on 2 cores
     rluf demo --out runs/tiny --config tiny.yaml     # any DemoConfig field in a YAML mapping (docs/demo.md)
 
 Stages, each writing under OUT (docs/demo.md lists every file and every key of summary.json):
