@@ -5,11 +5,13 @@ import json
 import pytest
 from rich.console import Console
 
+from rluf.data.store import Store
 from rluf.demo import DemoConfig, DemoError, run_demo
+from rluf.policy.baselines import kto_dataset
 
 TINY = {"users": 150, "annotations": 500, "sft": {"max_rows": 400, "epochs": 1, "quality_prompts": 20, "max_val_rows": 50},
         "optimize_steps": 3, "snapshot_steps": [1, 2], "grpo_steps": 2, "grpo": {"prompts_per_step": 2, "num_generations": 2},
-        "offline_prompts": 20, "online_users": 40, "online_days": 2, "max_new_tokens": 12, "public_samples": False}  # fmt: skip
+        "kto_steps": 2, "offline_prompts": 20, "online_users": 40, "online_days": 2, "max_new_tokens": 12, "public_samples": False}  # fmt: skip
 
 
 @pytest.mark.slow
@@ -28,8 +30,8 @@ def test_demo_runs_the_whole_loop(tmp_path):
     for kind, m in models.items():
         assert 0.5 < m["auroc"] <= 1 and m["auroc_ci95"][0] <= m["auroc"] <= m["auroc_ci95"][1], (kind, m)
         assert (out / "reward" / kind / "model.safetensors").is_file()
-    # candidates: the SFT control, three CGPO runs with two snapshots each, and GRPO
-    names = {"sft", "grpo"} | {f"{r}{s}" for r in ("aggressive", "no_judges", "moderate") for s in ("", "@1", "@2")}
+    # candidates: the SFT control, three CGPO runs with two snapshots each, GRPO and KTO
+    names = {"sft", "grpo", "kto"} | {f"{r}{s}" for r in ("aggressive", "no_judges", "moderate") for s in ("", "@1", "@2")}
     assert set(saved["offline"]) == names
     for name in names:
         slug = name.replace("@", "_step")
@@ -37,12 +39,16 @@ def test_demo_runs_the_whole_loop(tmp_path):
     trained = {json.loads(line)["user_id"] for line in (out / "policy" / "train_prompts.jsonl").read_text().splitlines()}
     evaluated = {json.loads(line)["user_id"] for line in (out / "evaluate" / "offline" / "sft.replies.jsonl").read_text().splitlines()}
     assert trained and evaluated and not trained & evaluated  # the offline set holds users no candidate trained on
+    held_out = json.loads((out / "policy" / "held_out_users.json").read_text())
+    owner = dict(Store(out / "store").connect().sql("SELECT message_id, user_id FROM messages").fetchall())
+    kto_users = {owner[r["message_id"]] for r in kto_dataset(out / "store", exclude_users=held_out)}
+    assert evaluated <= set(held_out) and kto_users and not kto_users & evaluated  # KTO did not train on them either
     served = saved["online"]["served"]
     assert set(served["arms"]) == names and sum(a["assigned_users"] for a in served["arms"].values()) == 40
     assert saved["online"]["ingest"]["rejected"] == 0 and saved["online"]["ingest"]["reconciles"]
     abtest = json.loads((out / "online" / "abtest.json").read_text())
     assert abtest["control"] == "sft" and set(abtest["arms"]) == names
-    assert {"no_judges", "aggressive", "moderate", "grpo"} <= set(saved["hacking"])
+    assert {"no_judges", "aggressive", "moderate", "grpo", "kto"} <= set(saved["hacking"])
     assert (out / "hacking" / "no_judges.judges.yaml").is_file()
     html = (out / "report.html").read_text()
     assert "<html" in html.lower() and "data:image/png;base64," in html

@@ -187,6 +187,13 @@ def test_kto_labels_match_the_store_reactions(world):
     assert len(sub) == 20 and sub == kto_dataset(world, window_hours=WINDOW_HOURS, split="all", max_rows=20, seed=3)
     with pytest.raises(BaselineError, match="split must be one of"):
         kto_dataset(world, split="holdout")
+    owner = dict(con.sql("SELECT message_id, user_id FROM messages").fetchall())
+    users = sorted({owner[r["message_id"]] for r in rows})
+    kept = kto_dataset(world, window_hours=WINDOW_HOURS, split="all", exclude_users=users[: len(users) // 2])
+    assert kept and {owner[r["message_id"]] for r in kept} == set(users[len(users) // 2:])
+    assert kept == [r for r in rows if owner[r["message_id"]] in set(users[len(users) // 2:])]
+    with pytest.raises(BaselineError, match="not one string"):
+        kto_dataset(world, exclude_users="u1")
 
 
 @pytest.mark.parametrize("n_d,n_u", [(1, 99), (5, 5), (30, 10), (7, 1000)])

@@ -16,7 +16,8 @@ Stages, each writing under OUT (docs/demo.md lists every file and every key of s
  5. SFT: the tiny policy learns the logged replies (OUT/sft): the baseline every candidate is
     compared with;
  6. optimize: CGPO with the moderate and aggressive presets inside the Mixture of Judges, the
-    aggressive preset without judges (the ablation), and a weighted-sum GRPO on TRL, run
+    aggressive preset without judges (the ablation), a weighted-sum GRPO on TRL, and KTO on the
+    logged love reactions (the direct-alignment baseline that skips the reward model), run
     `workers` at a time (OUT/policy/<name>, with snapshots: more candidates);
  7. offline evaluation: every candidate on one fixed, category-stratified prompt set of users no
     candidate trained on (OUT/evaluate/offline/<candidate>.json and the replies);
@@ -80,6 +81,9 @@ class DemoConfig:
     optimize: dict = field(default_factory=dict, metadata={"help": "further CGPO settings for every run (docs/optimize.md)"})
     grpo_steps: int = field(default=60, metadata={"help": "weighted-sum GRPO steps (0 skips the GRPO candidate)"})
     grpo: dict = field(default_factory=dict, metadata={"help": "further GRPOBaselineConfig settings (docs/baselines.md)"})
+    kto_steps: int = field(default=120, metadata={"help": "KTO steps on the logged love reactions (0 skips the KTO candidate)"})
+    kto: dict = field(default_factory=lambda: {"learning_rate": 5e-5},
+                      metadata={"help": "KTOBaselineConfig settings (docs/baselines.md)"})
     offline_prompts: int = field(default=400, metadata={"help": "prompts in the fixed offline evaluation set"})
     offline_samples: int = field(default=4, metadata={"help": "replies sampled per offline prompt"})
     online_users: int = field(default=9000, metadata={"help": "simulated users of the online test, split by online_shares"})
@@ -92,7 +96,8 @@ class DemoConfig:
     public_samples: bool = field(default=True, metadata={"help": "import ../shared/data/real when present"})
 
     def __post_init__(self):
-        ints = {"users": 10, "annotations": 100, "optimize_steps": 1, "grpo_steps": 0, "offline_prompts": 10, "offline_samples": 1,
+        ints = {"users": 10, "annotations": 100, "optimize_steps": 1, "grpo_steps": 0, "kto_steps": 0, "offline_prompts": 10,
+                "offline_samples": 1,
                 "online_users": 4, "online_days": 1, "min_users": 1, "workers": 1, "max_new_tokens": 1, "seed": 0}
         for name, low in ints.items():
             v = getattr(self, name)
@@ -102,7 +107,7 @@ class DemoConfig:
             raise DemoError(f"DemoConfig.reward_kinds = {self.reward_kinds!r}: a non-empty list of ngram, encoder, length")
         if any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < self.optimize_steps for k in self.snapshot_steps):
             raise DemoError(f"DemoConfig.snapshot_steps = {self.snapshot_steps!r}: steps in [1, optimize_steps - 1]")
-        for name in ("sft", "optimize", "grpo", "online_shares"):
+        for name in ("sft", "optimize", "grpo", "kto", "online_shares"):
             if not isinstance(getattr(self, name), dict):
                 raise DemoError(f"DemoConfig.{name} must be a mapping of settings")
 
@@ -287,6 +292,9 @@ def _optimize_runs(out: Path, cfg: DemoConfig, models: dict) -> list[dict]:
         runs.append({"name": "grpo", "kind": "grpo", "settings": {"steps": cfg.grpo_steps, "learning_rate": cfg.learning_rate,
                      "prompts_per_step": 4, "num_generations": 8, "max_completion_length": cfg.max_new_tokens,
                      "reward_weights": [0.3, 0.5, 0.2], "seed": cfg.seed, **cfg.grpo}})  # fmt: skip
+    if cfg.kto_steps:
+        runs.append({"name": "kto", "kind": "kto", "store": str(out / "store"), "held_out": str(out / "policy" / "held_out_users.json"),
+                     "settings": {"steps": cfg.kto_steps, "seed": cfg.seed, **cfg.kto}})  # fmt: skip
     for r in runs:
         r["out"] = str(out / "policy" / r["name"])
         r["models"], r["prompts"], r["policy"] = models, base["prompts"], str(out / "sft")
@@ -297,10 +305,12 @@ def _optimize_runs(out: Path, cfg: DemoConfig, models: dict) -> list[dict]:
 def _optimize(out: Path, cfg: DemoConfig, models: dict, console: Console) -> tuple[dict, dict]:
     from .policy.data import prompt_rows_to_records
 
-    train, _ = _prompt_split(out, cfg)  # every run trains on these; the offline set comes from the other side
+    train, held = _prompt_split(out, cfg)  # every run trains on these; the offline set comes from the other side
     (out / "policy").mkdir(parents=True, exist_ok=True)
     with open(out / "policy" / "train_prompts.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in prompt_rows_to_records(train))
+    held_out = sorted({r.user_id for r in held})  # KTO leaves their logged replies out
+    (out / "policy" / "held_out_users.json").write_text(json.dumps(held_out) + "\n")
     runs = _optimize_runs(out, cfg, models)
     results = _parallel(_optimize_job, runs, cfg.workers, console, "optimize runs")
     candidates = {CONTROL: str(out / "sft")}
@@ -328,6 +338,14 @@ def _optimize_job(run: dict) -> dict:
         final = summary.get("final", {})
         return {"steps": summary["steps"], "seconds": time.perf_counter() - t0, "kl": final.get("kl"),
                 "judges_pass": final.get("judges/all/pass_rate"), "reward": final.get("reward/mean")}  # fmt: skip
+    if run["kind"] == "kto":
+        from .policy.baselines import KTOBaselineConfig, kto_dataset, run_kto
+
+        held_out = json.loads(Path(run["held_out"]).read_text())
+        rows = kto_dataset(run["store"], signal="love", seed=run["settings"]["seed"], exclude_users=held_out)
+        run_kto(run["policy"], rows, run["out"], KTOBaselineConfig.from_dict(run["settings"]))
+        return {"steps": run["settings"]["steps"], "seconds": time.perf_counter() - t0, "rows": len(rows),
+                "desirable": sum(r["label"] for r in rows)}  # fmt: skip
     from .policy.baselines import GRPOBaselineConfig, run_grpo
     from .policy.data import records_to_prompt_rows
     from .policy.rewards import CalibratedReward
@@ -462,7 +480,7 @@ def headline(summary: dict, abtest: dict) -> dict:
     rate = lambda metric, arm: ((m.get(metric, {}).get("arms") or {}).get(arm) or {}).get("value")  # noqa: E731
     h = {"offline_online_r": corr["pearson_r"], "offline_online_r_ci95": corr["ci95"], "n_candidates": corr["n_candidates"],
          "offline_vs_expected_online_r": (corr.get("ground_truth") or {}).get("offline_vs_expected_r")}
-    for arm in ("aggressive", "moderate", "no_judges", "grpo"):
+    for arm in ("aggressive", "moderate", "no_judges", "grpo", "kto"):
         if arm not in abtest["arms"]:
             continue
         love = vs("love", arm)  # empty when no love reaction was logged at all (a tiny run)
@@ -486,7 +504,7 @@ def headline(summary: dict, abtest: dict) -> dict:
     h["sft/unsafe_rate"] = rate("unsafe", CONTROL)
     if true_unsafe.get(CONTROL):
         h["sft/true_unsafe_rate"] = true_unsafe[CONTROL]["rate"]
-    for arm in ("no_judges", "grpo"):
+    for arm in ("no_judges", "grpo", "kto"):
         hk = summary.get("hacking", {}).get(arm)
         if hk:
             h[f"{arm}/closing_rate"] = [hk["closing_judge"]["baseline"]["rate"], hk["closing_judge"]["candidate"]["rate"]]

@@ -31,7 +31,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -388,7 +388,8 @@ def run_grpo(model_dir: str | Path, prompts: Sequence, reward_funcs: Sequence[Ca
 
 
 def kto_dataset(store: str | Path, signal: str = "love", window_hours: float = 168.0, max_rows: int | None = None,
-                seed: int = 0, max_context_turns: int = 4, split: str = "train") -> list[dict]:  # fmt: skip
+                seed: int = 0, max_context_turns: int = 4, split: str = "train",
+                exclude_users: Iterable[str] | None = None) -> list[dict]:  # fmt: skip
     """Unpaired KTO rows from the logged replies of `store`, in time order.
 
     Each row: {"prompt": chat messages up to the user turn answered, "completion": [{"role": "assistant",
@@ -398,7 +399,8 @@ def kto_dataset(store: str | Path, signal: str = "love", window_hours: float = 1
     window and seed); `split` picks train, val, test or all three. The prompt holds at most
     `max_context_turns` turns, the answered user turn included (as rluf.policy.data.load_prompts), and starts
     at a user or system turn (a leading assistant turn is dropped); replies that do not follow a user turn
-    are left out. `max_rows` keeps a seeded random subset (time order kept).
+    are left out. `max_rows` keeps a seeded random subset (time order kept). `exclude_users` leaves out the
+    replies to these users (e.g. the users of an evaluation prompt set, so that no candidate trained on them).
     """
     _check_arg("max_context_turns", max_context_turns,
                lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1")
@@ -409,6 +411,11 @@ def kto_dataset(store: str | Path, signal: str = "love", window_hours: float = 1
     ex = build_examples(store, cfg)
     tables = [ex.train, ex.val, ex.test] if split == "all" else [getattr(ex, split)]
     picked = pa.concat_tables(tables).sort_by([("time", "ascending"), ("message_id", "ascending")])
+    if exclude_users is not None:
+        if isinstance(exclude_users, str):
+            raise BaselineError("kto_dataset: exclude_users must be a collection of user ids, not one string")
+        held_out = pa.array(sorted({str(u) for u in exclude_users}), pa.string())
+        picked = picked.filter(pc.invert(pc.is_in(picked["user_id"], value_set=held_out)))
     try:
         con = Store(store).connect()
     except StoreError as exc:
