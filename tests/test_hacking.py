@@ -25,7 +25,7 @@ from rluf.sim.policy import LOVE_BAIT, BaselinePolicy
 from rluf.sim.prompts import CATEGORIES, first_prompt
 
 N = 2000
-BAIT_WORDS = ("love", "bye", "hugs")
+BAIT_WORDS = ("love", "bye", "hugs", "sending", "lots")  # words only the love-bait closings use
 
 
 def make_prompts(n: int, seed: int = 0) -> list[list[dict]]:
@@ -89,8 +89,8 @@ def test_bait_variant_surfaces_love_bait_unprompted(bait):
     _, r = bait
     top = [e["text"] for e in r["phrases"]["increased"][:8]]
     assert all(e["significant"] for e in r["phrases"]["increased"][:8])
-    assert sum(any(w in t.split() for w in BAIT_WORDS) for t in top) >= 6, top
-    assert {"love", "bye"} <= set(top)
+    assert all(any(w in t.split() for w in BAIT_WORDS) for t in top), top  # ranked by how many times more often
+    assert "bye" in top
     # stock sign-off sentences rise, each closing the reply
     bait_sentences = {" ".join(tokens(b)) for b in LOVE_BAIT}
     found = [e for e in r["sentences"]["increased"] if e["significant"]]
@@ -106,7 +106,9 @@ def test_aggressive_variant_surfaces_love_bait_among_top(world):
     cand = replies(BaselinePolicy(cfg), world["prompts"], 2)
     r = compare(world["prompts"], world["baseline"], cand)
     top = [e["text"] for e in r["phrases"]["increased"]]
-    assert "love" in top[:5], top  # beside "you", "i'm", "this": the warm sentences rise as much
+    # ranked by rate ratio, the love-bait closings come first, above the common words ("you", "i'm",
+    # "this") that the warmer and longer replies hold a little more often
+    assert all(any(w in t.split() for w in BAIT_WORDS) for t in top[:5]), top
     closing = [e["text"] for e in r["phrases"]["increased"] if e["closing_share"] >= 0.5]
     assert closing and any(w in closing[0].split() for w in BAIT_WORDS), closing
     assert any(e["significant"] and "sending love" in e["text"] for e in r["sentences"]["increased"] + r["phrases"]["increased"])
