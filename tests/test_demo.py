@@ -71,3 +71,6 @@ def test_demo_config_errors():
         DemoConfig(online_days=0)
     with pytest.raises(DemoError, match="reward_kinds"):
         DemoConfig(reward_kinds=["bogus"])
+    with pytest.raises(DemoError, match="DemoConfig.kto: .*unknown key 'lr'"):
+        DemoConfig.from_dict({"kto": {"lr": 1e-5}})
+    assert DemoConfig.from_dict({"kto_steps": 0, "kto": {"lr": 1e-5}}).kto_steps == 0  # skipped: not checked

@@ -110,6 +110,13 @@ class DemoConfig:
         for name in ("sft", "optimize", "grpo", "kto", "online_shares"):
             if not isinstance(getattr(self, name), dict):
                 raise DemoError(f"DemoConfig.{name} must be a mapping of settings")
+        if self.kto_steps:  # a bad KTO setting fails now, not after the stages before it have run
+            from .policy.baselines import BaselineError, KTOBaselineConfig
+
+            try:
+                KTOBaselineConfig.from_dict({"steps": self.kto_steps, "seed": self.seed, **self.kto})
+            except (BaselineError, TypeError, ValueError) as exc:
+                raise DemoError(f"DemoConfig.kto: {exc}") from None
 
     @classmethod
     def from_dict(cls, data: dict) -> DemoConfig:
