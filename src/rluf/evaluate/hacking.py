@@ -389,7 +389,7 @@ def rank_units(table: DriftTable, direction: int, top: int, base: Replies | None
     drift is reported on its own, under `style`); the share difference of each unit is reported too.
 
     For n-grams (`base` and `cand` given, and `grams`: the n-gram sets of the replies on the side where the
-    phrases are more common), the shortlist (the top * SHORTLIST that moved most) is tidied,
+    phrases are more common), the shortlist (the first top * SHORTLIST in that order) is tidied,
     reading reply sets on the side where the phrases are more common (the candidate's for increases):
     1. merging: overlapping n-grams of the longest size whose reply sets overlap by at least 80 % (Jaccard)
        are joined into one longer phrase, counted afresh on both sides (its q is the largest q of its parts:
