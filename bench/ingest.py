@@ -6,7 +6,7 @@
 
 The input is nested JSONL from rluf.data.examples (6 turns per conversation). Cases, each in a
 child process so that peak RSS covers its whole process tree:
-  rluf         `python -m rluf.cli ingest INPUT --store fresh/ --json` (validation, dedup, store)
+  rluf         `rluf ingest INPUT --store fresh/ --json` (validation, dedup, store)
   duckdb_load  COPY (SELECT * FROM read_json(INPUT)) TO x.parquet: the same load, no validation
   duckdb_scan  SELECT count(*), sum(len(turns)) FROM read_json(INPUT): parsing alone
 Goals: rluf throughput >= 0.5 x duckdb_load, rluf peak RSS < 2 GB.
@@ -26,6 +26,9 @@ TURNS = 6
 GOAL_RATIO = 0.5  # rluf messages/s over duckdb_load messages/s
 GOAL_RSS_BYTES = 2e9
 
+# The console script, as users run it (`python -m rluf.cli` where it is not installed beside Python).
+_SCRIPT = Path(sys.executable).with_name("rluf")
+RLUF = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "rluf.cli"]
 DUCKDB_LOAD = """import duckdb, sys
 duckdb.connect().execute(f"COPY (SELECT * FROM read_json('{sys.argv[1]}', format='newline_delimited')) "
            f"TO '{sys.argv[2]}' (FORMAT parquet, COMPRESSION zstd)")"""
@@ -62,7 +65,7 @@ def run(args, work: Path) -> dict:
     reported = []  # the ingest's own timing, without interpreter start-up
 
     def rluf() -> int:
-        cmd = [sys.executable, "-m", "rluf.cli", "ingest", str(data), "--store", str(store), "--json"]
+        cmd = [*RLUF, "ingest", str(data), "--store", str(store), "--json"]
         rss, out = harness.run_child(cmd + (["--workers", str(args.workers)] if args.workers else []))
         summary = json.loads(out)
         if not (summary["committed"] and summary["messages"] == messages and summary["rejected"] == 0):

@@ -42,6 +42,10 @@ def ingest(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Validate logs into the store; bad records go to STORE/rejects.jsonl, counts always reconcile."""
+    if workers != 1:
+        from .data.workers import start_server
+
+        start_server()  # the parsing workers' server imports while this process does
     from .data.contract import Limits
     from .data.ingest import IngestError, ingest as run_ingest
     from .data.store import StoreError

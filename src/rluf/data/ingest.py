@@ -20,7 +20,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import csv
 import dataclasses
-import multiprocessing
 import os
 import shutil
 import time
@@ -33,8 +32,9 @@ import orjson
 import pyarrow.parquet as pq
 
 from . import contract, importers, merge
+from . import workers as worker_processes
 from .contract import CONVERSATION, MESSAGE, REACTION, USER, Limits
-from .parse import Task, TaskResult, open_input, run_task
+from .parse import Task, TaskResult, init_worker, open_input, run_task
 from .store import Store
 
 BLOCK_BYTES = 16 << 20  # JSONL bytes per worker task
@@ -314,11 +314,8 @@ def _parse_all(planned, batch_no: int, staging: str, limits: Limits, workers: in
             tasks[task.task_id] = dataclasses.replace(task, data=None)  # the bytes go to the worker only
             finished(task, run_task(task, staging, limits, vectorized))
     else:
-        # A fresh server process imports the parsing code once; workers fork from it (safe even when
-        # the caller has threads, and cheaper than a spawn per worker).
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["rluf.data.parse", "rluf.data.fastpath"])
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        ctx = worker_processes.context()
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker) as pool:
             pending: deque = deque()
             for task in iter_tasks(planned, batch_no):
                 tasks[task.task_id] = dataclasses.replace(task, data=None)  # the bytes go to the worker only
