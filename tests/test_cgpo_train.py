@@ -149,3 +149,63 @@ def test_two_process_ddp_run_under_accelerate(setup):
     assert summary["processes"] == 2
     rows = _metrics(setup / "ddp" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+
+
+def test_monitor_phrase_file_extends_the_judges_of_every_task(setup, tmp_path):
+    """The loop the hacking monitor closes: the phrases it discovers, written as a phrase file, become judges here."""
+    from rluf.evaluate.hacking import compare, write_judge_config
+
+    base = [f"Answer {w} number {k}." for w in ("alpha", "beta", "gamma") for k in range(100)]
+    cand = [t + (" Bye! Sending sunshine!" if i % 3 == 0 else "") for i, t in enumerate(base)]
+    path = write_judge_config(compare(["q"] * len(base), base, cand, top=10), tmp_path / "found.yaml")
+    cfg = CGPOConfig.from_dict(_config(setup, "phrases", tasks=None, judge_phrases=[str(path)]))
+    assert [t.name for t in cfg.tasks] == ["engagement", "helpfulness"]  # the preset's tasks
+    love_bait = [s for s in cfg.judges if s["type"] == "love_bait"]
+    assert len(love_bait) == 1 and "bye! sending sunshine" in love_bait[0]["phrases"]
+    assert love_bait[0] in cfg.tasks[0].judges  # the engagement task has the run's judges plus its guard
+    assert CGPOConfig.from_dict(_config(setup, "phrases", tasks=None, judge_phrases=[str(path)] * 2)).judges == cfg.judges
+    trainer = CGPOTrainer(cfg)
+    judge = trainer.judges["helpfulness"]
+    assert judge.judge(["q", "q"], ["Answer alpha. Bye! Sending sunshine!", "Answer alpha number 3."]) == [0, 1]
+    with pytest.raises(CGPOError, match="judge_phrases: .*no such file"):
+        CGPOConfig.from_dict(_config(setup, "x", judge_phrases=[str(tmp_path / "missing.yaml")]))
+    with pytest.raises(CGPOError, match="judge_phrases must be a list"):
+        CGPOConfig.from_dict(_config(setup, "x", judge_phrases=str(path)))
+
+
+def _capture_satisfied(monkeypatch) -> list:
+    import rluf.policy.cgpo as cgpo
+
+    seen, loss = [], cgpo.crpg_loss
+    monkeypatch.setattr(cgpo, "crpg_loss", lambda logp, n, r, sat, *a, **k: seen.append(sat.clone()) or loss(logp, n, r, sat, *a, **k))
+    return seen
+
+
+@pytest.mark.parametrize("use_judges", [True, False])
+def test_no_judges_ablation_logs_violations_without_zeroing_rewards(setup, monkeypatch, use_judges):
+    cfg = CGPOConfig.from_dict(_config(setup, f"ablation-{use_judges}", use_judges=use_judges,
+                                       judges=[{"type": "length", "max_words": 3}],
+                                       tasks=[{"name": "all", "k": 4, "batch_prompts": 4}]))  # fmt: skip
+    t = CGPOTrainer(cfg)
+    seen = _capture_satisfied(monkeypatch)
+    logs = t.step(0)
+    assert logs["judges/length/pass_rate"] < 1  # the judge ran and found violations either way
+    satisfied = seen[0]
+    assert bool(satisfied.all()) is (not use_judges)  # only with judges do violations lose their reward
+
+
+def test_task_gradients_combine_with_rho(setup):
+    """Algorithm 2: the step's gradient is the rho-weighted sum of the tasks' gradients."""
+    cfg = CGPOConfig.from_dict(_config(setup, "rho", max_grad_norm=1e9))
+    t = CGPOTrainer(cfg)
+    t.optimizer.step = lambda *a, **k: None  # keep the parameters: every call sees the same policy and samples
+
+    def grad(rho_a: float, rho_b: float) -> torch.Tensor:
+        cfg.tasks[0].rho, cfg.tasks[1].rho = rho_a, rho_b
+        t.step(0)
+        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in t.policy.parameters()])
+
+    g1, g2, mixed = grad(1.0, 0.0), grad(0.0, 1.0), grad(0.3, 0.7)
+    assert g1.abs().sum() > 0 and g2.abs().sum() > 0 and not torch.allclose(g1, g2)
+    assert grad(0.0, 0.0).abs().sum() == 0  # a task with rho 0 adds nothing
+    assert torch.allclose(mixed, 0.3 * g1 + 0.7 * g2, atol=1e-6, rtol=1e-4)

@@ -39,7 +39,7 @@ import numpy as np
 from ..config import name_dir_pairs
 from ..judges import build_judges
 from ..judges.base import FAILED, SATISFIED, JudgeError, combine
-from ..judges.config import read_config_file
+from ..judges.config import load_judge_phrases, read_config_file
 from ..policy.data import (
     PromptDataError,
     PromptRow,
@@ -281,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--samples-per-prompt", type=int, default=1)
     p.add_argument("--judges", help="YAML or JSON file with a list of judge specs (default: love_bait, repetition)")
+    p.add_argument("--judge-phrases", action="append", default=[], metavar="FILE",
+                   help="a phrase file (rluf hacking --judge-config) extending the love_bait / refusal judges (repeat)")
     p.add_argument("--val-share", type=float, default=0.0,
                    help="evaluate only this seeded share of the users (rluf.policy.data.split_prompts); 0: all")
     p.add_argument("--name", help="the candidate's name in the result (default: the policy directory's name)")
@@ -292,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         judges = read_config_file(a.judges) if a.judges else [dict(s) for s in DEFAULT_JUDGES]
+        for path in a.judge_phrases:
+            judges = load_judge_phrases(path, judges)
         config = OfflineConfig(prompts=a.prompts, seed=a.seed, max_new_tokens=a.max_new_tokens,
                                temperature=a.temperature, samples_per_prompt=a.samples_per_prompt, judges=judges)  # fmt: skip
         rows = load_prompts(a.store)

@@ -106,6 +106,7 @@ class CGPOConfig:
     weights: dict[str, float] | None = None  # explicit reward mix for every task without its own
     judges: list[dict] = field(default_factory=lambda: [{"type": "love_bait"}, {"type": "repetition"}])
     use_judges: bool = True  # False: the no-judges ablation (judges logged, not enforced)
+    judge_phrases: list[str] = field(default_factory=list)  # phrase files (`rluf hacking --judge-config` writes one): they extend the love_bait / refusal judges of the run and of every task
     tasks: list[TaskConfig] | None = None  # None: the preset's two tasks (see preset_tasks), or one task "all" with `weights`
     engagement_categories: list[str] = field(default_factory=lambda: list(EMOTIONAL))  # the preset's engagement task
     no_regression_margin: float = 0.15  # the preset's engagement task: P[helpful] may drop this much below the logged reply's (docs/optimize.md: why 0.15)
@@ -159,6 +160,7 @@ class CGPOConfig:
         bad = sorted(set(self.report_to) - set(TRACKERS))
         if bad:
             raise CGPOError(f"optimize config: report_to {bad} not supported; use any of {', '.join(TRACKERS)}")
+        self._merge_judge_phrases()
         if self.tasks is None:
             self.tasks = preset_tasks(self) if self.weights is None else [TaskConfig(name="all")]
         names = [t.name for t in self.tasks]
@@ -166,6 +168,22 @@ class CGPOConfig:
             raise CGPOError(f"optimize config: task names must be unique, got {names}")
         if sum(t.categories is None for t in self.tasks) > 1:
             raise CGPOError("optimize config: at most one task may leave `categories` unset (it takes the rest)")
+
+
+    def _merge_judge_phrases(self) -> None:
+        """Fold the phrase files into the judge specs (idempotent: repeated phrases are dropped)."""
+        from ..judges import JudgeError, load_judge_phrases
+
+        if isinstance(self.judge_phrases, str) or not isinstance(self.judge_phrases, list):
+            raise CGPOError(f"optimize config: judge_phrases must be a list of files, got {self.judge_phrases!r:.80}")
+        for path in self.judge_phrases:
+            try:
+                self.judges = load_judge_phrases(path, self.judges)
+                for t in self.tasks or []:
+                    if t.judges is not None:
+                        t.judges = load_judge_phrases(path, t.judges)
+            except (JudgeError, OSError, ValueError) as exc:
+                raise CGPOError(f"optimize config: judge_phrases: {exc}") from None
 
 
 def preset_tasks(cfg: CGPOConfig) -> list[TaskConfig]:
