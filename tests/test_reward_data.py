@@ -358,3 +358,29 @@ def test_openassistant_stores(tmp_path_factory):
     ex = build_examples(trees, ExampleConfig(signal="-1"))
     assert ex.report["split"]["scheme"] == "grouped" and "placeholders" in ex.report["split"]["reason"]
     assert ex.report["warnings"] and ex.report["checks"]["train_test_users_disjoint"]
+
+
+def test_per_user_cap_keeps_a_seeded_subset(world):
+    out, _ = world
+
+    def ids_by_user(ex):
+        rows = [(u, m) for t in (ex.train, ex.val, ex.test) for u, m in zip(t["user_id"].to_pylist(), t["message_id"].to_pylist())]
+        by = {}
+        for u, m in rows:
+            by.setdefault(u, set()).add(m)
+        return by
+
+    free = build_examples(out / "store", ExampleConfig(signal="love", max_examples_per_user=None))
+    capped = build_examples(out / "store", ExampleConfig(signal="love", max_examples_per_user=5))
+    again = build_examples(out / "store", ExampleConfig(signal="love", max_examples_per_user=5))
+    all_, few = ids_by_user(free), ids_by_user(capped)
+    assert max(len(m) for m in all_.values()) > 5  # the cap has work to do
+    assert max(len(m) for m in few.values()) <= 5
+    assert all(few[u] <= all_[u] for u in few)  # a subset of each user's own examples
+    assert {u for u in all_ if len(all_[u]) > 5} <= set(few)  # users over the cap stay, with 5 examples
+    cap = capped.report["cap"]
+    assert cap["examples_removed"] == sum(map(len, all_.values())) - sum(map(len, few.values())) > 0
+    assert cap["users_capped"] == sum(len(m) > 5 for m in all_.values())
+    assert ids_by_user(again) == few  # seeded: the same subset every time
+    other = build_examples(out / "store", ExampleConfig(signal="love", max_examples_per_user=5, seed=1))
+    assert ids_by_user(other) != few
