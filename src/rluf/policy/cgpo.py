@@ -169,7 +169,6 @@ class CGPOConfig:
         if sum(t.categories is None for t in self.tasks) > 1:
             raise CGPOError("optimize config: at most one task may leave `categories` unset (it takes the rest)")
 
-
     def _merge_judge_phrases(self) -> None:
         """Fold the phrase files into the judge specs (idempotent: repeated phrases are dropped)."""
         from ..judges import JudgeError, load_judge_phrases
