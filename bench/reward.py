@@ -2,6 +2,7 @@
 
     python -m bench reward                       # 2000 users, n-gram + length + frozen-encoder models
     python -m bench reward --users 600 --kinds ngram,length --repeats 1    # a quick check
+    python -m bench reward --kinds ngram,length --length-decorrelation 0.5,0.85,1    # the length trade-off
 
 Simulates the default world, ingests it, builds P[love] examples (chronological split, no user in
 both train and test), trains each reward-model kind, and scores the test turns with the simulator's
@@ -13,6 +14,9 @@ Robustness (--adversarial 0.05): that share of extra users, all adversarial (spa
 random clickers in equal parts), is added to the logs; the first kind is retrained with the
 adversarial-user filter on and off and scored on the clean test rows. Goals: AUROC >= 0.97 x the
 oracle's, ECE <= 0.02, |length r| <= 0.10, AUROC drop with the filter on <= 0.01.
+--length-decorrelation S,...: the first kind again with that share of its score's linear rise with
+length removed (RewardTrainConfig.length_decorrelation), one row each, with the same goals: the
+price in AUROC of a score less tied to length.
 This is the one place outside rluf.sim that reads the simulator's truth (the oracle), for scoring.
 """
 
@@ -39,6 +43,8 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--signal", default="love")
     ap.add_argument("--kinds", default="ngram,length,encoder", help="comma-separated reward-model kinds")
+    ap.add_argument("--length-decorrelation", default="", help="comma-separated shares in [0, 1]: the first kind "
+                    "retrained with that share of its length trend removed, a row each")  # fmt: skip
     ap.add_argument("--adversarial", type=float, default=0.05, help="share of adversarial users added (0: skip)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the outputs here (default: a temporary directory)")
     args = ap.parse_args(argv)
@@ -84,6 +90,34 @@ def add_adversarial_users(logs_dir: Path, n: int, seed: int) -> int:
     return conversations
 
 
+def oracle_at_length_r(p: np.ndarray, words: np.ndarray, y: np.ndarray, target: float) -> dict:
+    """The oracle with the share of its logit's linear trend in log(1 + words) removed that brings its length r
+    down to `target` on these rows (bisection): what the truth itself keeps of its AUROC at that length r."""
+    from rluf.reward.metrics import auroc, pearson
+
+    z, x = np.log(p / (1 - p)), np.log1p(words)
+    slope = float(np.cov(x, z, bias=True)[0, 1] / x.var())
+
+    def at(share: float) -> np.ndarray:
+        return 1 / (1 + np.exp(-(z - share * slope * (x - x.mean()))))
+
+    lo, hi = 0.0, 2.0
+    if pearson(at(lo), words)["r"] <= target:
+        hi = lo
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if pearson(at(mid), words)["r"] > target else (lo, mid)
+    q = at(hi)
+    return {"share": hi, "length_r": pearson(q, words)["r"], "auroc": auroc(y, q)}
+
+
+def _row(metrics: dict, ceiling: float) -> dict:
+    m = metrics["test"]
+    return {"auroc": m["auroc"], "auroc_ci95": m["auroc_ci95"], "ratio_to_oracle": m["auroc"] / ceiling, "ece": m["ece"],
+            "length_r": m["length_r"], "log_loss": m["log_loss"], "brier": m["brier"], "pr_auc": m["pr_auc"],
+            "seconds": metrics.get("seconds")}  # fmt: skip
+
+
 def run(args, work: Path) -> dict:
     from rluf.data.ingest import ingest
     from rluf.reward.data import ExampleConfig, build_examples
@@ -103,18 +137,25 @@ def run(args, work: Path) -> dict:
     ceiling = auroc(y, p_oracle)
     words = np.asarray(test.column("response_words").to_numpy(), dtype=float)
     oracle_length_r = pearson(p_oracle, words)["r"]  # how much the truth itself rises with length
+    oracle_flat = oracle_at_length_r(p_oracle, words, y, GOAL_LENGTH_R)  # the truth made as flat as the goal
+    oracle_flat["ratio_to_oracle"] = oracle_flat["auroc"] / ceiling
     rows, goals = {}, []
     for kind in kinds:
         model, metrics = train_reward_model(examples, RewardTrainConfig(kind=kind, seed=args.seed), work / "models" / kind)
-        m = metrics["test"]
-        rows[kind] = {"auroc": m["auroc"], "auroc_ci95": m["auroc_ci95"], "ratio_to_oracle": m["auroc"] / ceiling,
-                      "ece": m["ece"], "length_r": m["length_r"], "log_loss": m["log_loss"], "brier": m["brier"],
-                      "pr_auc": m["pr_auc"], "seconds": metrics.get("seconds")}  # fmt: skip
+        rows[kind] = _row(metrics, ceiling)
     main_kind = "encoder" if "encoder" in rows else kinds[0]
-    r = rows[main_kind]
-    goals += [harness.goal(f"{main_kind} AUROC / oracle AUROC", r["ratio_to_oracle"], ">=", GOAL_RATIO),
-              harness.goal(f"{main_kind} ECE", r["ece"], "<", GOAL_ECE),
-              harness.goal(f"{main_kind} |length r|", abs(r["length_r"]), "<", GOAL_LENGTH_R)]  # fmt: skip
+    checked = [main_kind]
+    for share in [float(x) for x in args.length_decorrelation.split(",") if x.strip()]:
+        name = f"{kinds[0]}-len{share:g}"
+        cfg = RewardTrainConfig(kind=kinds[0], seed=args.seed, length_decorrelation=share)
+        model, metrics = train_reward_model(examples, cfg, work / "models" / f"{kinds[0]}-length-{share:g}")
+        rows[name] = _row(metrics, ceiling)
+        checked.append(name)
+    for name in checked:
+        r = rows[name]
+        goals += [harness.goal(f"{name} AUROC / oracle AUROC", r["ratio_to_oracle"], ">=", GOAL_RATIO),
+                  harness.goal(f"{name} ECE", r["ece"], "<", GOAL_ECE),
+                  harness.goal(f"{name} |length r|", abs(r["length_r"]), "<", GOAL_LENGTH_R)]  # fmt: skip
     robustness = None
     if args.adversarial > 0:
         n_adv = max(1, round(args.users * args.adversarial))
@@ -137,7 +178,8 @@ def run(args, work: Path) -> dict:
     doc = {"bench": "reward", "params": {k: v for k, v in vars(args).items() if k not in ("json", "check")},
            "env": harness.environment(), "simulated": {k: sim[k] for k in ("users", "conversations", "messages")},
            "examples": {s: examples.report["splits"][s] for s in ("train", "val", "test")},
-           "oracle_auroc": ceiling, "oracle_length_r": oracle_length_r, "models": rows, "robustness": robustness, "goals": goals, "check": args.check,
+           "oracle_auroc": ceiling, "oracle_length_r": oracle_length_r,
+           "oracle_at_goal_length_r": oracle_flat, "models": rows, "robustness": robustness, "goals": goals, "check": args.check,
            "seconds": time.perf_counter() - t0}  # fmt: skip
     _print(doc, args)
     return doc
@@ -157,6 +199,9 @@ def _print(doc: dict, args) -> None:
         t.add_row(kind, f"{r['auroc']:.4f} [{lo:.3f}, {hi:.3f}]", f"{r['ratio_to_oracle']:.3f}", f"{r['ece']:.4f}",
                   f"{r['length_r']:+.3f}", f"{r['log_loss']:.4f}", f"{r['seconds'] or 0:.0f}")  # fmt: skip
     console.print(t)
+    of = doc["oracle_at_goal_length_r"]
+    console.print(f"the oracle with {of['share']:.2f} of its length trend removed (length r {of['length_r']:+.3f}): AUROC "
+                  f"{of['auroc']:.4f}, {of['ratio_to_oracle']:.3f} x its own")  # fmt: skip
     rb = doc["robustness"]
     if rb:
         console.print(f"robustness ({rb['kind']}, +{rb['adversarial_users']} adversarial users): clean AUROC "

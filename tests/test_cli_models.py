@@ -69,6 +69,8 @@ def test_bad_input_exits_2_with_a_message(store, model, tmp_path):
     assert res.exit_code == EXIT_BAD_INPUT and "exactly one of --store" in res.output
     res = invoke("train-rm", "--store", store, "--kind", "forest", "--out", tmp_path / "x")
     assert res.exit_code == EXIT_BAD_INPUT and "forest" in res.output
+    res = invoke("train-rm", "--store", store, "--length-decorrelation", "2", "--out", tmp_path / "x")
+    assert res.exit_code == EXIT_BAD_INPUT and "length_decorrelation must be a number in [0, 1]" in res.output
     res = invoke("score", "--model", tmp_path / "nowhere", "--store", store, "--out", tmp_path / "s.parquet")
     assert res.exit_code == EXIT_BAD_INPUT and "nowhere" in res.output
     assert not (tmp_path / "s.parquet").exists()

@@ -246,6 +246,9 @@ def test_train_config_validation():
         RewardTrainConfig(kind="forest")
     with pytest.raises(RewardModelError, match="upsample_to"):
         RewardTrainConfig(upsample_to=1.5)
+    for bad in (-0.1, 1.5, True, "half"):
+        with pytest.raises(RewardModelError, match="length_decorrelation"):
+            RewardTrainConfig(length_decorrelation=bad)
     with pytest.raises(RewardModelError, match="allowed"):
         make_model(RewardTrainConfig(kind="ngram", settings={"C": 1.0}))
     assert make_model(RewardTrainConfig(kind="ngram", settings={"c": 2.0}), "thumbs_up", 2).c == 2.0
@@ -292,6 +295,33 @@ def test_train_reward_model_end_to_end(trained):
     c, r = examples.test["context"].to_pylist()[:50], examples.test["response"].to_pylist()[:50]
     assert np.array_equal(loaded.predict_proba(c, r), ngram.predict_proba(c, r))
     assert loaded.metrics["test"]["auroc"] == t["auroc"]
+
+
+def test_length_decorrelation_flattens_the_score_and_keeps_its_order_within_a_length(trained, tmp_path):
+    examples, root, out = trained
+    ngram, m = out["ngram"]
+    rows = examples.train
+    c, r = rows["context"].to_pylist(), rows["response"].to_pylist()
+    x = np.log1p(np.array([len(t.split()) for t in r], dtype=float))
+    runs = {s: train_reward_model(examples, RewardTrainConfig(kind="ngram", n_boot=50, length_decorrelation=s),
+                                  tmp_path / f"d{s}") for s in (1.0, 0.5)}  # fmt: skip
+    full, half = runs[1.0], runs[0.5]
+    slope = np.cov(x, ngram.raw_logits(c, r), bias=True)[0, 1] / x.var()
+    assert slope > 0.5  # the simulated world's love rises with length, and so does the plain model's score
+    assert full[0].calibration["length_slope"] == pytest.approx(slope, rel=1e-9)
+    assert half[0].calibration["length_slope"] == pytest.approx(slope / 2, rel=1e-9)
+    adjusted = full[0].length_adjusted_logits(c, r)
+    assert abs(np.cov(x, adjusted, bias=True)[0, 1] / x.var()) < 1e-9  # no linear trend left on the training rows
+    assert full[1]["test"]["length_r"] < half[1]["test"]["length_r"] < m["test"]["length_r"]
+    assert full[1]["test"]["ece"] < 0.03  # still calibrated (temperature and shift refitted after the length term)
+    same = [i for i, t in enumerate(r) if len(t.split()) == len(r[0].split())][:30]  # replies of one length
+    assert len(same) > 2
+    pc, pr = [c[i] for i in same], [r[i] for i in same]
+    assert np.array_equal(np.argsort(full[0].predict_logit(pc, pr), kind="stable"),
+                          np.argsort(ngram.predict_logit(pc, pr), kind="stable"))  # fmt: skip
+    loaded = RewardModel.load(tmp_path / "d1.0")
+    assert np.array_equal(loaded.predict_proba(c[:40], r[:40]), full[0].predict_proba(c[:40], r[:40]))
+    assert "length_slope" not in ngram.calibration  # off by default: the plain model is unchanged
 
 
 def test_compare_pairs_models_on_the_same_rows(trained):

@@ -220,6 +220,7 @@ def train_rm(
     kind: Optional[str] = typer.Option(None, "--kind", help="encoder (MiniLM + head), ngram (hashed n-grams + LR) or length (baseline)."),
     mode: Optional[str] = typer.Option(None, "--mode", help="encoder only: frozen (cached embeddings, head only) or full (fine-tune)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="encoder only: a Hugging Face model directory (default: all-MiniLM-L6-v2)."),
+    length_decorrelation: Optional[float] = typer.Option(None, "--length-decorrelation", help="Share in [0, 1] of the score's linear rise with response length to remove (default 0)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with `examples:` (ExampleConfig) and `train:` (RewardTrainConfig) sections."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ):
@@ -238,6 +239,8 @@ def train_rm(
     ex_settings, train_settings = dict(settings.get("examples") or {}), dict(settings.get("train") or {})
     if kind:
         train_settings["kind"] = kind
+    if length_decorrelation is not None:
+        train_settings["length_decorrelation"] = length_decorrelation
     kind_settings = dict(train_settings.get("settings") or {})
     if mode:
         kind_settings["mode"] = mode

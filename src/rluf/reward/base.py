@@ -7,6 +7,9 @@ A reward model maps (context, response) texts to the probability that the respon
 trained on (positives upsampled to some share). `predict_logit` / `predict_proba` apply the
 calibration stored with the model, in this order:
 
+0. length decorrelation, when trained with it (RewardTrainConfig.length_decorrelation):
+   z - b (log(1 + words) - c), the share of the logit's linear rise with the response's length that
+   training chose to remove (b, c in the calibration; b = 0 leaves the score alone);
 1. prior shift (METHOD.md 1.3): training upsampled positives from the true base rate pi to pi';
    in logit space the correction is z + logit(pi) - logit(pi');
 2. temperature scaling: z / T, with T fitted on the validation split after step 1.
@@ -63,10 +66,18 @@ class RewardModel:
             return 0.0
         return logit(c["true_rate"]) - logit(c["train_rate"])
 
+    def length_adjusted_logits(self, contexts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """raw_logits less the removed length term b (log(1 + words) - c) (step 0 above; b = 0: raw_logits)."""
+        z = np.asarray(self.raw_logits(contexts, responses), dtype=np.float64)
+        slope = float(self.calibration.get("length_slope") or 0.0)
+        if slope:
+            z = z - slope * (np.log1p(word_counts(responses)) - float(self.calibration["length_center"]))
+        return z
+
     def predict_logit(self, contexts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         """Calibrated log-odds, shape (N,)."""
         _check_pairs(contexts, responses)
-        z = np.asarray(self.raw_logits(contexts, responses), dtype=np.float64)
+        z = self.length_adjusted_logits(contexts, responses)
         return (z + self.prior_shift()) / float(self.calibration["temperature"])
 
     def predict_proba(self, contexts: Sequence[str], responses: Sequence[str]) -> np.ndarray:

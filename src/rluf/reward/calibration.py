@@ -7,7 +7,8 @@ over-estimate P[signal]. The correction (METHOD.md 1.3) is
 
     p = (s pi / pi') / (s pi / pi' + (1 - s)(1 - pi) / (1 - pi'))
 
-which in logit space is z + logit(pi) - logit(pi'). A temperature T, fitted on the validation split
+which in logit space is z + logit(pi) - logit(pi'). (z is the raw logit less the length term a model
+trained with `length_decorrelation` removes; see base.py.) A temperature T, fitted on the validation split
 after the shift by minimising the log loss of sigmoid(z / T), then corrects over- or under-confidence.
 `calibrate` does both on a model and stores them in `model.calibration`, where `predict_proba`
 applies them in that order (see base.py).
@@ -85,13 +86,14 @@ def calibrate(model: RewardModel, val_contexts: Sequence[str], val_responses: Se
         raise RewardModelError("calibrate: give both true_rate and train_rate, or neither (no upsampling)")
     if true_rate is not None:
         logit(true_rate), logit(train_rate)
-    raw = np.asarray(model.raw_logits(val_contexts, val_responses), dtype=np.float64)
+    raw = np.asarray(model.length_adjusted_logits(val_contexts, val_responses), dtype=np.float64)
     if raw.shape != y.shape or not np.isfinite(raw).all():
         raise RewardModelError(f"calibrate: the model returned {raw.shape} logits (finite: {np.isfinite(raw).all()}) "
                                f"for {y.size} validation rows")  # fmt: skip
     if not np.isfinite(y).all() or ((y < 0) | (y > 1)).any():
         raise RewardModelError("calibrate: validation labels must be finite and lie in [0, 1]")
-    model.calibration = {"true_rate": true_rate, "train_rate": train_rate, "temperature": 1.0}
+    length = {k: model.calibration[k] for k in ("length_slope", "length_center") if k in model.calibration}
+    model.calibration = {"true_rate": true_rate, "train_rate": train_rate, "temperature": 1.0, **length}
     shifted = raw + model.prior_shift()
     t = fit_temperature(shifted, y)
     model.calibration["temperature"] = t

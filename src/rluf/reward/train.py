@@ -10,7 +10,9 @@
 `train_reward_model` runs the recipe of METHOD.md 5.1:
 
 1. upsample the positives of the training split to `upsample_to` (RLUF: 10 %);
-2. fit the model of `kind` on it;
+2. fit the model of `kind` on it; with `length_decorrelation` s > 0, remove the share s of the linear
+   rise of its logit with log(1 + response words), the slope fitted by least squares on the
+   training split as logged (base.py, step 0);
 3. calibrate on the validation split: the prior shift from the upsampled share back to the true base
    rate (the training split's, before upsampling), then a temperature (calibration.py);
 4. evaluate on the test split (chronologically last): AUROC with a bootstrap 95 % interval that
@@ -37,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .base import LengthRewardModel, RewardModel, RewardModelError, _json_default
+from .base import LengthRewardModel, RewardModel, RewardModelError, _json_default, word_counts
 from .calibration import calibrate
 from .data import ExampleSet, upsample
 from .metrics import auroc, evaluate, paired_bootstrap, reliability_diagram
@@ -55,6 +57,7 @@ class RewardTrainConfig:
     n_boot: int = 1000  # bootstrap resamples for the AUROC intervals
     settings: dict = field(default_factory=dict)  # the kind's own constructor arguments, e.g. {"c": 1.0} for ngram
     out_dir: str | None = None  # where the artifacts go when train_reward_model gets no out_dir
+    length_decorrelation: float = 0.0  # share in [0, 1] of the logit's linear rise with log(1 + words) removed (0: none)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -63,6 +66,10 @@ class RewardTrainConfig:
             raise RewardModelError(f"upsample_to must lie strictly in (0, 1) or be None, got {self.upsample_to!r}")
         if self.n_boot < 1:
             raise RewardModelError(f"n_boot must be >= 1, got {self.n_boot}")
+        d = self.length_decorrelation
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d <= 1.0:
+            raise RewardModelError(f"length_decorrelation must be a number in [0, 1] (the share of the score's linear "
+                                   f"rise with length to remove), got {d!r}")  # fmt: skip
         if not isinstance(self.settings, dict):
             raise RewardModelError(f"settings must map {self.kind} arguments, got {type(self.settings).__name__}")
 
@@ -122,6 +129,22 @@ def _json(x):
     return _json_default(x)
 
 
+def decorrelate_length(model: RewardModel, contexts: list[str], responses: list[str], share: float) -> dict:
+    """Store in `model.calibration` the length term that removes `share` of the least-squares slope of the
+    model's raw logit on log(1 + response words) over these rows (the training split as logged), centred
+    on their mean log length; returns {"slope", "center", "share"}. At share 1 the adjusted logit has no
+    linear trend in log length on these rows; the ranking within a length is unchanged."""
+    z = np.asarray(model.raw_logits(contexts, responses), dtype=np.float64)
+    x = np.log1p(word_counts(responses))
+    if x.std() == 0:
+        raise RewardModelError("length_decorrelation: every training response has the same length; there is no "
+                               "length trend to remove (set length_decorrelation to 0)")  # fmt: skip
+    slope = float(np.cov(x, z, bias=True)[0, 1] / x.var())
+    model.calibration["length_slope"] = share * slope
+    model.calibration["length_center"] = float(x.mean())
+    return {"slope": slope, "center": float(x.mean()), "share": share}
+
+
 def evaluate_on(model: RewardModel, table: pa.Table, n_boot: int = 1000, seed: int = 0,
                 reliability_png: str | Path | None = None) -> dict:  # fmt: skip
     """Every metric of `model` on an example table (metrics.evaluate: AUROC with its user-clustered bootstrap
@@ -167,6 +190,8 @@ def train_reward_model(examples: ExampleSet, config: RewardTrainConfig, out_dir:
     else:
         model.fit(fit_rows["contexts"], fit_rows["responses"], fit_rows["labels"])
     fit_s = time.perf_counter() - t0
+    if config.length_decorrelation > 0:
+        decorrelate_length(model, train["contexts"], train["responses"], config.length_decorrelation)
     cal = calibrate(model, val["contexts"], val["responses"], val["labels"], *shift)
 
     out.mkdir(parents=True, exist_ok=True)
