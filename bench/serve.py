@@ -1,4 +1,5 @@
-"""Serving throughput on multi-turn conversations: rluf's length batches against one padded batch per call.
+"""Serving throughput on multi-turn conversations: rluf's decoding loop and length batches against
+`model.generate` and against one padded batch per call.
 
     python -m bench serve                                    # fresh tiny Llama, 1,024 contexts, 128 per call
     python -m bench serve --policy runs/demo/sft --max-new-tokens 64
@@ -6,12 +7,15 @@
 The contexts are the simulator's own conversations (the default world's baseline assistant, every
 assistant turn's history: first prompts and long follow-ups mixed), shuffled and handed to
 `PolicyResponder.respond_batch` `--per-call` at a time, as `World.serve(..., batch_users=N)` does in
-an online A/B test. Both cases sample with the same model, seed, thread count and token budget:
-  rluf_length_batches  rluf.policy.generate.length_batches: each call's prompts sorted by length and cut
-                       into batches of similar length, so a long history does not pad the short ones
-  one_batch            each call's prompts sorted by length and generated as one left-padded batch
-                       (what every caller did before length batches)
-Goal: rluf_length_batches throughput >= 1.0 x one_batch.
+an online A/B test. Every case samples with the same model, seed, thread count, sampler and token budget:
+  rluf_length_batches  what rluf does: each call's prompts sorted by length and cut into batches of
+                       similar length (length_batches), so a long history does not pad the short ones;
+                       each batch decoded by rluf.policy.generate.sample_completions, where a reply
+                       that reaches eos leaves the batch
+  hf_generate          the same batches decoded by transformers' `model.generate`, which steps every
+                       row until the batch's last reply stops
+  one_batch            rluf's decoding, but each call's prompts generated as one left-padded batch
+Goals: rluf_length_batches throughput >= 1.0 x hf_generate and >= 1.0 x one_batch.
 """
 
 from __future__ import annotations
@@ -59,20 +63,26 @@ def run(args, work) -> dict:
         order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
         return [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
 
-    def serve(batcher) -> None:
+    cache_argument = G._cache_argument
+
+    def serve(batcher, hf: bool = False) -> None:
         G.length_batches = batcher
+        if hf:
+            G._cache_argument = lambda model: None  # sample_completions falls back to model.generate
         try:
             for s in range(0, len(contexts), args.per_call):
                 responder.respond_batch(contexts[s: s + args.per_call], random.Random(s))
         finally:
-            G.length_batches = length_batches
+            G.length_batches, G._cache_argument = length_batches, cache_argument
 
     serve(length_batches)  # warm up
     cases = {"rluf_length_batches": harness.Case(lambda: serve(length_batches)),
+             "hf_generate": harness.Case(lambda: serve(length_batches, hf=True)),
              "one_batch": harness.Case(lambda: serve(one_batch))}
     results = harness.measure(cases, items=len(contexts), repeats=args.repeats)
     ratio = harness.ratios(results, "rluf_length_batches")
-    goals = [harness.goal("rluf_length_batches / one_batch throughput", ratio["one_batch"], ">=", GOAL_RATIO)]
+    goals = [harness.goal("rluf_length_batches / hf_generate throughput", ratio["hf_generate"], ">=", GOAL_RATIO),
+             harness.goal("rluf_length_batches / one_batch throughput", ratio["one_batch"], ">=", GOAL_RATIO)]
     return harness.report("serve", args, "replies", results, "rluf_length_batches", goals)
 
 

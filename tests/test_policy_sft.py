@@ -27,7 +27,8 @@ from rluf.policy.data import (
     split_prompts,
     stratified_sample,
 )
-from rluf.policy.generate import PolicyResponder, generate, length_batches
+import rluf.policy.generate as G
+from rluf.policy.generate import PolicyResponder, generate, length_batches, sample_completions
 from rluf.policy.sft import (
     SFTConfig,
     SFTError,
@@ -327,6 +328,60 @@ def test_replies_come_back_in_prompt_order_whatever_the_length_batches(sft):
     together = generate(model, tok, prompts, max_new_tokens=16, temperature=0, batch_size=64)
     alone = [generate(model, tok, [p], max_new_tokens=16, temperature=0)[0] for p in prompts]
     assert together == alone
+
+
+def _left_padded(tok, prompts):
+    import torch
+
+    enc = [tok(tok.apply_chat_template(chat_messages(p), add_generation_prompt=True, tokenize=False),
+               add_special_tokens=False)["input_ids"] for p in prompts]  # fmt: skip
+    width, pad = max(len(x) for x in enc), tok.pad_token_id
+    return (torch.tensor([[pad] * (width - len(x)) + x for x in enc]),
+            torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in enc]))  # fmt: skip
+
+
+def test_sample_completions_equals_generate_and_drops_finished_rows(tokenizer, monkeypatch):
+    import torch
+    from transformers.cache_utils import DynamicCache
+
+    model = build_tiny_lm(tokenizer, n_layer=2, n_embd=32, n_head=2, seed=3).eval()
+    with torch.no_grad():  # large random weights: replies that vary with the prompt and the step
+        for w in model.parameters():
+            w.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(w.numel()))
+    prompts = ["hi", "how do i parse a json file in go?", [{"role": "user", "text": "i feel lonely tonight " * 3}],
+               "Sure.", "what is photosynthesis? briefly", "tell me a joke about cats and dogs"]  # fmt: skip
+    ids, mask = _left_padded(tokenizer, prompts)
+    pad, width = tokenizer.pad_token_id, ids.shape[1]
+    with torch.no_grad():
+        free = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, eos_token_id=None, pad_token_id=pad,
+                              do_sample=False)[:, width:]  # fmt: skip
+        # an "eos" the greedy replies first reach at different steps, so rows leave the batch one by one
+        first = [{tok_id: row.index(tok_id) for tok_id in row} for row in free.tolist()]
+        eos = max({k for f in first for k in f}, key=lambda k: (len({f[k] for f in first if k in f}), k))
+        assert len({f[eos] for f in first if eos in f}) >= 2, free
+        ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, eos_token_id=eos, pad_token_id=pad,
+                             do_sample=False)[:, width:]  # fmt: skip
+        selected = []
+        keep = DynamicCache.batch_select_indices
+
+        def spy(cache, indices):  # records the live rows each time finished ones leave
+            selected.append(len(indices))
+            return keep(cache, indices)
+
+        monkeypatch.setattr(DynamicCache, "batch_select_indices", spy)
+        out = sample_completions(model, ids, mask, max_new_tokens=12, eos_token_id=eos, pad_token_id=pad, temperature=0)
+        assert torch.equal(out, ref)
+        assert len(selected) >= 2 and selected == sorted(selected, reverse=True), selected  # finished rows left the batch
+        monkeypatch.setattr(G, "_cache_argument", lambda m: None)  # the fallback: model.generate itself
+        assert torch.equal(sample_completions(model, ids, mask, max_new_tokens=12, eos_token_id=eos, pad_token_id=pad,
+                                              temperature=0), ref)  # fmt: skip
+        monkeypatch.undo()
+        torch.manual_seed(0)
+        drawn = sample_completions(model, ids, mask, max_new_tokens=12, eos_token_id=eos, pad_token_id=pad)
+    assert drawn.shape[0] == len(prompts) and drawn.shape[1] <= 12
+    for row in drawn.tolist():  # every row stops at its first eos, padded after it
+        if eos in row:
+            assert all(t == pad for t in row[row.index(eos) + 1:])
 
 
 def test_length_batches_group_similar_lengths_and_cover_every_prompt():

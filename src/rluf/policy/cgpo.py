@@ -55,7 +55,7 @@ import torch.nn.functional as F
 
 from ..config import from_mapping
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .generate import sampling_kwargs
+from .generate import sample_completions
 from .rewards import PRESETS, CalibratedReward, RewardMix, preset_weights
 
 OPTIMIZERS = ("crpg", "crraft")
@@ -364,10 +364,10 @@ class CGPOTrainer:
         p_ids, p_mask = self._encode_prompts(prompts)
         p_ids, p_mask = p_ids.repeat_interleave(k, 0), p_mask.repeat_interleave(k, 0)
         torch.manual_seed(seed)
-        out = model.generate(input_ids=p_ids, attention_mask=p_mask, max_new_tokens=self.cfg.max_new_tokens,
-                             eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
-                             **sampling_kwargs(self.cfg.temperature, self.cfg.top_p))  # fmt: skip
-        completion = out[:, p_ids.shape[1]:]
+        completion = sample_completions(model, p_ids, p_mask, max_new_tokens=self.cfg.max_new_tokens,
+                                        eos_token_id=self.tokenizer.eos_token_id,
+                                        pad_token_id=self.tokenizer.pad_token_id, temperature=self.cfg.temperature,
+                                        top_p=self.cfg.top_p)  # fmt: skip
         return p_ids, p_mask, completion
 
     def _completion_mask(self, completion: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,12 @@ Prompts are generated in batches of similar length (`length_batches`): a batch i
 its longest prompt, so a long conversation history among short first prompts would multiply the
 prefill of the whole batch (`python -m bench serve`: 2.5x the replies/s of one padded batch per call
 on the demo's multi-turn traffic). Replies come back in prompt order.
+Decoding is rluf's own loop (`sample_completions`): a prefill, then one token a step through the
+model's KV cache, and a reply that reaches eos leaves the batch (its rows of the cache are dropped),
+so the remaining steps cost what the unfinished replies need; `model.generate` runs every row until
+the last one stops (`python -m bench serve`: the loop's replies/s against `model.generate` on the same
+batches). Models whose cache cannot drop rows, or whose forward takes no position ids, fall back to
+`model.generate` with the same sampler. The model's generation_config is not read either way.
 With `seed` the draw is reproducible for the same prompts and batch size, and the caller's torch
 RNG is left as it was.
 
@@ -24,6 +30,7 @@ reproducible like the simulator's own baseline.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import random
 from pathlib import Path
 from typing import Any
@@ -82,7 +89,6 @@ def generate(model, tokenizer, prompts: list[Any], *, num_return_sequences: int 
         text = tokenizer.apply_chat_template(chat_messages(p), add_generation_prompt=True, tokenize=False)
         encoded.append(tokenizer(text, add_special_tokens=False)["input_ids"][-max_prompt_tokens:])
     device = next(model.parameters()).device
-    sample = sampling_kwargs(temperature, top_p)
     was_training = model.training
     model.eval()
     replies: list[list[str]] = [[] for _ in prompts]
@@ -97,14 +103,77 @@ def generate(model, tokenizer, prompts: list[Any], *, num_return_sequences: int 
             ids = torch.tensor([[pad] * (width - len(x)) + x for x in chunk], device=device)
             mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in chunk], device=device)
             ids, mask = ids.repeat_interleave(num_return_sequences, 0), mask.repeat_interleave(num_return_sequences, 0)
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                                 pad_token_id=pad, **sample)  # fmt: skip
-            for k, row in enumerate(out[:, width:].tolist()):
+            out = sample_completions(model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                                     pad_token_id=pad, temperature=temperature, top_p=top_p)  # fmt: skip
+            for k, row in enumerate(out.tolist()):
                 if eos in row:
                     row = row[: row.index(eos)]
                 replies[rows[k // num_return_sequences]].append(tokenizer.decode(row, skip_special_tokens=True).strip())
     model.train(was_training)
     return replies
+
+
+def _cache_argument(model) -> str | None:
+    """The forward's keyword for the KV cache ("cache" in recent transformers, "past_key_values" before), or
+    None when the loop cannot drive this model (encoder-decoder, no position ids)."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        return None
+    params = inspect.signature(model.forward).parameters
+    if "position_ids" not in params:
+        return None
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+
+def sample_completions(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
+                       eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
+                       top_p: float = 1.0) -> torch.Tensor:  # fmt: skip
+    """Completion ids (B, T), T <= max_new_tokens, after left-padded prompts: each row stops at its first eos
+    (kept) and is padded with `pad_token_id` after it, as `model.generate(...)[:, width:]` returns them.
+    Draws from torch's global RNG; call under torch.no_grad() with the model in eval mode.
+
+    A finished row leaves the batch (its KV-cache rows are dropped), so later steps run on the live rows
+    only. Falls back to `model.generate` with the same sampler when the model cannot be driven that way
+    (see `_cache_argument`, or a cache without `batch_select_indices`)."""
+    sample = sampling_kwargs(temperature, top_p)
+    cache_arg = _cache_argument(model)
+
+    def fallback() -> torch.Tensor:
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                             eos_token_id=eos_token_id, pad_token_id=pad_token_id, **sample)  # fmt: skip
+        return out[:, input_ids.shape[1]:]
+
+    if cache_arg is None:
+        return fallback()
+    processors = sample.get("logits_processor")
+    mask = attention_mask
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "batch_select_indices"):
+        return fallback()
+    rows = input_ids.shape[0]
+    tokens = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=input_ids.device)
+    live = torch.arange(rows, device=input_ids.device)  # batch row of each row still decoding
+    position = positions[:, -1] + 1
+    steps = 0
+    for t in range(max_new_tokens):
+        scores = out.logits[:, -1, :].float()
+        nxt = scores.argmax(-1) if processors is None else processors(None, scores).argmax(-1)
+        tokens[live, t] = nxt
+        steps = t + 1
+        finished = nxt == eos_token_id
+        if t == max_new_tokens - 1 or bool(finished.all()):
+            break
+        if bool(finished.any()):
+            keep = (~finished).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            live, mask, nxt, position = live[keep], mask[keep], nxt[keep], position[keep]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position[:, None], use_cache=True,
+                    **{cache_arg: cache})  # fmt: skip
+        position = position + 1
+    return tokens[:, :steps]
 
 
 def length_batches(lengths: list[int], batch_size: int, min_rows: int = 16, spread: float = 1.5) -> list[list[int]]:
