@@ -209,3 +209,40 @@ def test_task_gradients_combine_with_rho(setup):
     assert g1.abs().sum() > 0 and g2.abs().sum() > 0 and not torch.allclose(g1, g2)
     assert grad(0.0, 0.0).abs().sum() == 0  # a task with rho 0 adds nothing
     assert torch.allclose(mixed, 0.3 * g1 + 0.7 * g2, atol=1e-6, rtol=1e-4)
+
+
+def _tensorboard_scalars(directory: Path) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} from the TFRecord event files under `directory` (read with tensorboardX's protos)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, dict[int, float]] = {}
+    for path in directory.rglob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        i = 0
+        while i < len(data):  # record: u64 length, u32 crc, payload, u32 crc
+            (n,) = struct.unpack("<Q", data[i: i + 8])
+            event = event_pb2.Event.FromString(data[i + 12: i + 12 + n])
+            i += 16 + n
+            for v in event.summary.value:
+                if v.HasField("simple_value"):
+                    out.setdefault(v.tag, {})[event.step] = v.simple_value
+    return out
+
+
+def test_report_to_tensorboard_logs_every_step_metric(setup):
+    trainer = CGPOTrainer(CGPOConfig.from_dict(_config(setup, "tb", report_to=["tensorboard"])))
+    trainer.train()
+    rows = [json.loads(line) for line in (setup / "tb" / "metrics.jsonl").read_text().splitlines()]
+    scalars = _tensorboard_scalars(setup / "tb")
+    for key in ("loss", "kl", "rewards/love/mean", "rewards/helpful/std", "judges/love_bait/pass_rate", "tokens_per_s"):
+        assert scalars[key] == pytest.approx({r["step"]: r[key] for r in rows}, rel=1e-6), key
+
+
+def test_report_to_a_tracker_that_is_not_installed_fails_at_once(setup, monkeypatch):
+    import rluf.policy.cgpo as cgpo
+
+    monkeypatch.setattr(cgpo, "_tracker_available", lambda name: name != "mlflow")
+    with pytest.raises(CGPOError, match=r"report_to \['mlflow'\] needs its package.*pip install mlflow"):
+        CGPOConfig.from_dict(_config(setup, "x", report_to=["tensorboard", "mlflow"]))

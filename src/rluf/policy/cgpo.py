@@ -62,6 +62,14 @@ OPTIMIZERS = ("crpg", "crraft")
 LOVE_WEIGHT = {"moderate": 0.1, "aggressive": 0.3}  # RLUF's two candidates (METHOD.md 1.5)
 EMOTIONAL = ["role_play", "relationship_support", "casual_chat", "companionship", "humor", "creative_writing"]
 TRACKERS = ("tensorboard", "wandb", "mlflow")
+TRACKER_PACKAGES = {"tensorboard": "tensorboardX", "wandb": "wandb", "mlflow": "mlflow"}  # what to install for each
+
+
+def _tracker_available(name: str) -> bool:
+    from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
+
+    check = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "mlflow": is_mlflow_available}[name]
+    return bool(check())
 
 
 class CGPOError(ValueError):
@@ -160,6 +168,10 @@ class CGPOConfig:
         bad = sorted(set(self.report_to) - set(TRACKERS))
         if bad:
             raise CGPOError(f"optimize config: report_to {bad} not supported; use any of {', '.join(TRACKERS)}")
+        missing = [t for t in self.report_to if not _tracker_available(t)]
+        if missing:  # accelerate would skip them without a word
+            raise CGPOError(f"optimize config: report_to {missing} needs its package, which is not installed: "
+                            f"pip install {' '.join(TRACKER_PACKAGES[t] for t in missing)}")  # fmt: skip
         self._merge_judge_phrases()
         if self.tasks is None:
             self.tasks = preset_tasks(self) if self.weights is None else [TaskConfig(name="all")]
