@@ -2,10 +2,12 @@
 
     python -m bench reward_real                      # ConvAI2 thumbs up and OpenAssistant +1
     python -m bench reward_real --sets convai2       # one set
+    python -m bench reward_real --encoder-modes frozen,full    # also fine-tune the encoder (minutes on a CPU)
 
 For each public set in ../shared/data/real (see its README): import it into a store, build examples
 for its signal (chronological split where the timestamps allow, else grouped; users kept apart),
-train each kind (encoder = all-MiniLM-L6-v2 frozen with a trained head; ngram; length), and compare
+train each kind (encoder = all-MiniLM-L6-v2 with a trained head, frozen and with --encoder-modes
+also fine-tuned, `encoder_full`; ngram; length), and compare
 them on the same held-out rows: AUROC with a user-clustered bootstrap 95 % CI each, and the paired
 bootstrap CI of each AUROC difference. Goal: the encoder beats both baselines (its AUROC higher;
 the difference's CI is reported, and with a few hundred held-out positives it can straddle 0).
@@ -33,6 +35,7 @@ def main(argv: list[str]) -> dict:
     ap = harness.parser("reward_real", __doc__)
     ap.add_argument("--sets", default=",".join(SETS), help="comma-separated: " + ", ".join(SETS))
     ap.add_argument("--kinds", default="encoder,ngram,length")
+    ap.add_argument("--encoder-modes", default="frozen", help="comma-separated encoder modes: frozen, full")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -48,6 +51,9 @@ def run(args, work: Path) -> dict:
 
     t0 = time.perf_counter()
     kinds = [k for k in args.kinds.split(",") if k]
+    modes = [m for m in args.encoder_modes.split(",") if m]
+    if not modes or set(modes) - {"frozen", "full"}:
+        raise SystemExit(f"error: --encoder-modes takes frozen and/or full, got {args.encoder_modes!r}")
     results, goals = {}, []
     for name in [s for s in args.sets.split(",") if s]:
         pattern, fmt, signal = SETS[name]
@@ -56,11 +62,13 @@ def run(args, work: Path) -> dict:
         s = ingest(sorted(REAL.glob(pattern)), store, fmt=fmt)
         ex = build_examples(store, ExampleConfig(signal=signal, seed=args.seed))
         models, fit_seconds = {}, {}
-        for kind in kinds:
-            settings = {"cache_dir": str(work / "embeddings")} if kind == "encoder" else {}
+        variants = [(k, m) for k in kinds for m in (modes if k == "encoder" else [None])]
+        for kind, mode in variants:
+            label = kind if mode in (None, "frozen") else f"{kind}_{mode}"
+            settings = {"cache_dir": str(work / "embeddings"), "mode": mode} if kind == "encoder" else {}
             model, metrics = train_reward_model(ex, RewardTrainConfig(kind=kind, seed=args.seed, settings=settings),
-                                                work / "models" / f"{name}-{kind}")  # fmt: skip
-            models[kind], fit_seconds[kind] = model, metrics["seconds"]
+                                                work / "models" / f"{name}-{label}")  # fmt: skip
+            models[label], fit_seconds[label] = model, metrics["seconds"]
         cmp = compare(models, ex.test, seed=args.seed)
         print(f"\n{name} ({signal}; {ex.report['split']['scheme'] if isinstance(ex.report.get('split'), dict) else ''}):",
               file=sys.stderr if args.json else sys.stdout)  # fmt: skip
@@ -70,10 +78,10 @@ def run(args, work: Path) -> dict:
                          "comparison": {**cmp, "models": {k: {m: v for m, v in d.items() if m != "reliability"}
                                                           for k, d in cmp["models"].items()}},
                          "seconds": fit_seconds}  # fmt: skip
-        if "encoder" in models:
+        for enc in [m for m in models if m.startswith("encoder")]:
             for base in [k for k in kinds if k != "encoder"]:
-                goals.append(harness.goal(f"{name}: encoder AUROC - {base} AUROC",
-                                          cmp["models"]["encoder"]["auroc"] - cmp["models"][base]["auroc"], ">=", 0.0))
+                goals.append(harness.goal(f"{name}: {enc} AUROC - {base} AUROC",
+                                          cmp["models"][enc]["auroc"] - cmp["models"][base]["auroc"], ">=", 0.0))
     doc = {"bench": "reward_real", "params": {k: v for k, v in vars(args).items() if k not in ("json", "check")},
            "env": harness.environment(), "results": results, "goals": goals, "check": args.check,
            "seconds": time.perf_counter() - t0}  # fmt: skip
