@@ -6,7 +6,7 @@ import pytest
 from rich.console import Console
 
 from rluf.data.store import Store
-from rluf.demo import DemoConfig, DemoError, run_demo
+from rluf.demo import DemoConfig, DemoError, _ground_truth_check, run_demo
 from rluf.policy.baselines import kto_dataset
 
 TINY = {"users": 150, "annotations": 500, "sft": {"max_rows": 400, "epochs": 1, "quality_prompts": 20, "max_val_rows": 50},
@@ -54,6 +54,16 @@ def test_demo_runs_the_whole_loop(tmp_path):
     assert "<html" in html.lower() and "data:image/png;base64," in html
     h = saved["headline"]
     assert h["n_candidates"] == len(names)
+    # the tiny run has too few love reactions online for a correlation: check the truth on points of our own
+    points = [{"candidate": n, "offline": saved["offline"][n]["love"]["mean"], "online": 0.01 * k}
+              for k, n in enumerate(sorted(names))]  # fmt: skip
+    truth = _ground_truth_check(out, {"points": points}, TINY.get("seed", 0))  # the oracle on the offline replies
+    assert set(truth["offline_true_love"]) == set(truth["expected_love_rate"]) == names
+    assert all(0 < v < 1 for v in truth["offline_true_love"].values())
+    for key in ("offline_vs_offline_truth_r", "offline_truth_vs_expected_r", "offline_truth_vs_observed_r"):
+        assert -1 <= truth[key] <= 1, key
+    assert h["offline_truth_vs_observed_online_r"] == (saved["correlate"].get("ground_truth") or {}).get(
+        "offline_truth_vs_observed_r")  # fmt: skip
     assert 0 <= h["sft/unsafe_rate"] <= 1 and 0 <= h["sft/true_unsafe_rate"] <= 1
     for arm in ("aggressive", "no_judges"):
         lo, hi = h[f"{arm}/unsafe_rate_change_ci95"]

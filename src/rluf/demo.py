@@ -214,7 +214,7 @@ def run_demo(out: Path, console: Console | None = None, config: DemoConfig | Non
             console.print(format_result(corr))
             summary["correlate"] = {k: corr[k] for k in ("n_candidates", "pearson_r", "ci95", "fisher_ci95",
                                                          "measurement_ci95", "spearman_rho")}  # fmt: skip
-            summary["correlate"]["ground_truth"] = _ground_truth_check(out, corr)
+            summary["correlate"]["ground_truth"] = _ground_truth_check(out, corr, cfg.seed)
 
     with clock("hacking", "10. reward-hacking monitor"):
         summary["hacking"] = _hacking(out, cfg, candidates, console)
@@ -456,23 +456,40 @@ def _true_unsafe(out: Path) -> dict:
     return {p: {"unsafe": int(k), "replies": int(n), "rate": k / n} for p, k, n in rows}
 
 
-def _ground_truth_check(out: Path, corr: dict) -> dict:
+def _ground_truth_check(out: Path, corr: dict, seed: int) -> dict:
     """What only a simulator can tell: each arm's expected love rate (the mean true P[love] of the replies
     it served, OUT/online/truth) and the Pearson r of the offline score with it. Observed rates carry the
     sampling noise of finite traffic; the expected ones do not, so the two r's separate a reward model
-    that misleads from traffic too small to show it. Evaluation only: nothing trains on the truth."""
+    that misleads from traffic too small to show it. The oracle's P[love] of the very replies scored
+    offline (`offline_true_love`) splits the offline side further: r of the reward model with it (the
+    reward model's error) and r of it with the expected online rates (how far the fixed prompt set
+    stands from each arm's own online traffic). Evaluation only: nothing trains on the truth."""
     import duckdb
     import numpy as np
+
+    from .sim.oracle import Oracle
+    from .sim.world import World
 
     path = out / "online" / "truth" / "messages.parquet"
     rows = dict(duckdb.sql(f"SELECT policy, avg(p_love) FROM read_parquet('{path}') GROUP BY 1").fetchall())
     pts = [p for p in corr["points"] if p["candidate"] in rows]
+    oracle = Oracle(World(seed=seed))
+    offline_truth = {}
+    for p in pts:
+        replies = [json.loads(line) for line in open(out / "evaluate" / "offline" / f"{_slug(p['candidate'])}.replies.jsonl")]
+        contexts = [[{"role": t["role"], "text": t.get("content", t.get("text"))} for t in r["prompt"]] for r in replies]
+        love = oracle.probabilities(contexts, [r["reply"] for r in replies], [r["category"] for r in replies])[:, 0]
+        offline_truth[p["candidate"]] = float(love.mean())
     x = np.array([p["offline"] for p in pts])
     y = np.array([rows[p["candidate"]] for p in pts])
     z = np.array([p["online"] for p in pts])
+    t = np.array([offline_truth[p["candidate"]] for p in pts])
+    r = lambda a, b: float(np.corrcoef(a, b)[0, 1])  # noqa: E731
     return {"expected_love_rate": {p["candidate"]: float(rows[p["candidate"]]) for p in pts},
-            "offline_vs_expected_r": float(np.corrcoef(x, y)[0, 1]),
-            "observed_vs_expected_r": float(np.corrcoef(z, y)[0, 1])}  # fmt: skip
+            "offline_true_love": offline_truth,
+            "offline_vs_expected_r": r(x, y), "observed_vs_expected_r": r(z, y),
+            "offline_vs_offline_truth_r": r(x, t), "offline_truth_vs_expected_r": r(t, y),
+            "offline_truth_vs_observed_r": r(t, z)}  # fmt: skip
 
 
 # ============================================================================ headline
@@ -486,7 +503,8 @@ def headline(summary: dict, abtest: dict) -> dict:
     true_unsafe = summary.get("online", {}).get("true_unsafe") or {}
     rate = lambda metric, arm: ((m.get(metric, {}).get("arms") or {}).get(arm) or {}).get("value")  # noqa: E731
     h = {"offline_online_r": corr["pearson_r"], "offline_online_r_ci95": corr["ci95"], "n_candidates": corr["n_candidates"],
-         "offline_vs_expected_online_r": (corr.get("ground_truth") or {}).get("offline_vs_expected_r")}
+         "offline_vs_expected_online_r": (corr.get("ground_truth") or {}).get("offline_vs_expected_r"),
+         "offline_truth_vs_observed_online_r": (corr.get("ground_truth") or {}).get("offline_truth_vs_observed_r")}
     for arm in ("aggressive", "moderate", "no_judges", "grpo", "kto"):
         if arm not in abtest["arms"]:
             continue
