@@ -310,6 +310,7 @@ def test_length_decorrelation_flattens_the_score_and_keeps_its_order_within_a_le
     assert slope > 0.5  # the simulated world's love rises with length, and so does the plain model's score
     assert full[0].calibration["length_slope"] == pytest.approx(slope, rel=1e-9)
     assert half[0].calibration["length_slope"] == pytest.approx(slope / 2, rel=1e-9)
+    assert half[1]["length_decorrelation"]["share"] == 0.5 and m["length_decorrelation"] is None
     adjusted = full[0].length_adjusted_logits(c, r)
     assert abs(np.cov(x, adjusted, bias=True)[0, 1] / x.var()) < 1e-9  # no linear trend left on the training rows
     assert full[1]["test"]["length_r"] < half[1]["test"]["length_r"] < m["test"]["length_r"]

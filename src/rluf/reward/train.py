@@ -163,8 +163,8 @@ def train_reward_model(examples: ExampleSet, config: RewardTrainConfig, out_dir:
     metrics.json and reliability.png to `out_dir` (default: config.out_dir); return (model, metrics).
 
     metrics: {"kind", "signal", "context_turns", "config", "data" (rows, positives, true base rate, upsampled
-    share), "calibration" (calibrate's report on val), "val", "test" (evaluate's dict), "fit_seconds",
-    "seconds"}."""
+    share), "calibration" (calibrate's report on val), "length_decorrelation" (decorrelate_length's dict, or
+    None), "val", "test" (evaluate's dict), "fit_seconds", "seconds"}."""
     t_start = time.perf_counter()
     if out_dir is None and not config.out_dir:
         raise RewardModelError("train_reward_model needs an output directory (out_dir or config.out_dir)")
@@ -190,8 +190,9 @@ def train_reward_model(examples: ExampleSet, config: RewardTrainConfig, out_dir:
     else:
         model.fit(fit_rows["contexts"], fit_rows["responses"], fit_rows["labels"])
     fit_s = time.perf_counter() - t0
+    length_term = None
     if config.length_decorrelation > 0:
-        decorrelate_length(model, train["contexts"], train["responses"], config.length_decorrelation)
+        length_term = decorrelate_length(model, train["contexts"], train["responses"], config.length_decorrelation)
     cal = calibrate(model, val["contexts"], val["responses"], val["labels"], *shift)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -204,7 +205,8 @@ def train_reward_model(examples: ExampleSet, config: RewardTrainConfig, out_dir:
     model.metrics = {"test": _summary(test_m), "calibration": cal, "data": data}
     model.save(out)
     metrics = {"kind": config.kind, "signal": signal, "context_turns": k, "config": dataclasses.asdict(config),
-               "data": data, "calibration": cal, "val": _summary(val_m), "test": test_m,
+               "data": data, "calibration": cal, "length_decorrelation": length_term, "val": _summary(val_m),
+               "test": test_m,
                "fit_seconds": round(fit_s, 3), "seconds": round(time.perf_counter() - t_start, 3),
                "examples_report": examples.report}  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_json) + "\n")
