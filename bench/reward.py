@@ -48,6 +48,13 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--adversarial", type=float, default=0.05, help="share of adversarial users added (0: skip)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the outputs here (default: a temporary directory)")
     args = ap.parse_args(argv)
+    raw = args.length_decorrelation
+    try:
+        args.length_decorrelation = [float(x) for x in raw.split(",") if x.strip()]
+        if not all(0 <= x <= 1 for x in args.length_decorrelation):
+            raise ValueError
+    except ValueError:
+        ap.error(f"--length-decorrelation takes comma-separated numbers in [0, 1], got {raw!r}")
     return harness.in_workdir(args, "reward", run)
 
 
@@ -94,12 +101,13 @@ def oracle_at_length_r(p: np.ndarray, words: np.ndarray, y: np.ndarray, target: 
     """The oracle with the share of its logit's linear trend in log(1 + words) removed that brings its length r
     down to `target` on these rows (bisection): what the truth itself keeps of its AUROC at that length r."""
     from rluf.reward.metrics import auroc, pearson
+    from rluf.reward.train import length_trend
 
-    z, x = np.log(p / (1 - p)), np.log1p(words)
-    slope = float(np.cov(x, z, bias=True)[0, 1] / x.var())
+    z = np.log(p / (1 - p))
+    slope, center = length_trend(z, words)
 
     def at(share: float) -> np.ndarray:
-        return 1 / (1 + np.exp(-(z - share * slope * (x - x.mean()))))
+        return 1 / (1 + np.exp(-(z - share * slope * (np.log1p(words) - center))))
 
     lo, hi = 0.0, 2.0
     if pearson(at(lo), words)["r"] <= target:
@@ -145,7 +153,7 @@ def run(args, work: Path) -> dict:
         rows[kind] = _row(metrics, ceiling)
     main_kind = "encoder" if "encoder" in rows else kinds[0]
     checked = [main_kind]
-    for share in [float(x) for x in args.length_decorrelation.split(",") if x.strip()]:
+    for share in args.length_decorrelation:
         name = f"{kinds[0]}-len{share:g}"
         cfg = RewardTrainConfig(kind=kinds[0], seed=args.seed, length_decorrelation=share)
         model, metrics = train_reward_model(examples, cfg, work / "models" / f"{kinds[0]}-length-{share:g}")

@@ -129,20 +129,25 @@ def _json(x):
     return _json_default(x)
 
 
+def length_trend(logits, words) -> tuple[float, float]:
+    """(slope, center): the least-squares slope of `logits` on log(1 + words), and the mean log length.
+    z - share * slope * (log(1 + words) - center) removes that share of the linear trend."""
+    z, x = np.asarray(logits, dtype=np.float64), np.log1p(np.asarray(words, dtype=np.float64))
+    if x.std() == 0:
+        raise RewardModelError("length_decorrelation: every response has the same length; there is no length "
+                               "trend to remove (set length_decorrelation to 0)")  # fmt: skip
+    return float(np.cov(x, z, bias=True)[0, 1] / x.var()), float(x.mean())
+
+
 def decorrelate_length(model: RewardModel, contexts: list[str], responses: list[str], share: float) -> dict:
     """Store in `model.calibration` the length term that removes `share` of the least-squares slope of the
     model's raw logit on log(1 + response words) over these rows (the training split as logged), centred
     on their mean log length; returns {"slope", "center", "share"}. At share 1 the adjusted logit has no
     linear trend in log length on these rows; the ranking within a length is unchanged."""
-    z = np.asarray(model.raw_logits(contexts, responses), dtype=np.float64)
-    x = np.log1p(word_counts(responses))
-    if x.std() == 0:
-        raise RewardModelError("length_decorrelation: every training response has the same length; there is no "
-                               "length trend to remove (set length_decorrelation to 0)")  # fmt: skip
-    slope = float(np.cov(x, z, bias=True)[0, 1] / x.var())
+    slope, center = length_trend(model.raw_logits(contexts, responses), word_counts(responses))
     model.calibration["length_slope"] = share * slope
-    model.calibration["length_center"] = float(x.mean())
-    return {"slope": slope, "center": float(x.mean()), "share": share}
+    model.calibration["length_center"] = center
+    return {"slope": slope, "center": center, "share": share}
 
 
 def evaluate_on(model: RewardModel, table: pa.Table, n_boot: int = 1000, seed: int = 0,
