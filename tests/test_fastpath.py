@@ -135,3 +135,27 @@ def test_message_id_used_by_two_records_is_rejected_across_paths_and_batches(tmp
     later.write_bytes(orjson.dumps(c) + b"\n")
     s2 = ingest([later], tmp_path / "s", workers=1, max_reject_rate=1.0, vectorized=vectorized)
     assert (s2.accepted, s2.rejected) == (0, 1)
+
+
+def test_clean_ingest_never_imports_pandas(tmp_path):
+    """pyarrow imports pandas (0.3-0.4 s) at its first conversion of Python objects and DuckDB on
+    some Arrow inputs; a clean batch must pay for neither, in the ingest or in its workers."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "logs.jsonl"
+    examples.write_nested_jsonl(data, 200, seed=3)
+    script = f"""
+import sys
+from rluf.data.ingest import ingest
+
+def main():
+    s = ingest([{str(data)!r}], {str(tmp_path / "store")!r}, workers=1)
+    assert s.committed and s.rejected == 0 and s.vectorized == 200, s
+    print("pandas" in sys.modules)
+
+if __name__ == "__main__":
+    main()
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
