@@ -86,8 +86,8 @@ class DemoConfig:
                       metadata={"help": "KTOBaselineConfig settings (docs/baselines.md)"})
     offline_prompts: int = field(default=400, metadata={"help": "prompts in the fixed offline evaluation set"})
     offline_samples: int = field(default=3, metadata={"help": "replies sampled per offline prompt"})
-    online_users: int = field(default=9000, metadata={"help": "simulated users of the online test, split by online_shares"})
-    online_days: int = field(default=6, metadata={"help": "days the online test runs"})
+    online_users: int = field(default=18000, metadata={"help": "simulated users of the online test, split by online_shares"})
+    online_days: int = field(default=4, metadata={"help": "days the online test runs"})
     online_shares: dict = field(default_factory=lambda: {"sft": 3, "aggressive": 3},
                                 metadata={"help": "seats per round of the online split (others 1): the primary comparison gets more users"})
     min_users: int = field(default=20, metadata={"help": "report cells with fewer users are suppressed"})
