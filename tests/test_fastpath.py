@@ -138,8 +138,9 @@ def test_message_id_used_by_two_records_is_rejected_across_paths_and_batches(tmp
 
 
 def test_clean_ingest_never_imports_pandas(tmp_path):
-    """pyarrow imports pandas (0.3-0.4 s) at its first conversion of Python objects and DuckDB on
-    some Arrow inputs; a clean batch must pay for neither, in the ingest or in its workers."""
+    """pyarrow imports pandas (0.3-0.4 s) at its first conversion of Python objects and in
+    `Schema.empty_table()`; a clean batch must pay for neither, in the vectorized path (what each
+    worker runs; workers=1 runs it in this process) or in the merge stage."""
     import subprocess
     import sys
 
@@ -148,14 +149,9 @@ def test_clean_ingest_never_imports_pandas(tmp_path):
     script = f"""
 import sys
 from rluf.data.ingest import ingest
-
-def main():
-    s = ingest([{str(data)!r}], {str(tmp_path / "store")!r}, workers=1)
-    assert s.committed and s.rejected == 0 and s.vectorized == 200, s
-    print("pandas" in sys.modules)
-
-if __name__ == "__main__":
-    main()
+s = ingest([{str(data)!r}], {str(tmp_path / "store")!r}, workers=1)
+assert s.committed and s.rejected == 0 and s.vectorized == 200, s
+print("pandas" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr

@@ -104,8 +104,8 @@ def serve_ab(arms: dict[str, str | Path | None], out_dir: str | Path, *, users: 
     max_new_tokens, temperature: sampling of the model policies.
     batch_users: an arm's users are served in groups of this many, live at once, their pending turns
     generated as one batch (World.serve's batch_users); 1 answers one turn at a time. Larger groups
-    decode faster (the policy sorts each round's contexts by length into batches of its own size, so
-    memory does not grow with it): `python -m bench serve --per-call 512` gives about twice the
+    decode faster (the policy sorts each round's contexts by length into decoding batches of its own
+    size, which do not grow with the group): `python -m bench serve --per-call 512` gives about twice the
     replies/s of `--per-call 128`.
     shares: {arm: seats per round} for an unequal split (assign_arms); the summary's `expected_split`
     is what `rluf abtest` needs for its sample-ratio test.
