@@ -1,4 +1,4 @@
-"""Ingest throughput and memory: `rluf ingest` against DuckDB doing the same load without validation.
+"""Ingest throughput and memory: `rluf ingest` against DuckDB's own raw `read_json` of the same file.
 
     python -m bench ingest                        # 1M messages (what `make bench` runs)
     python -m bench ingest --messages 10000000    # the full run
@@ -12,7 +12,8 @@ child process so that peak RSS covers its whole process tree:
                checked or written
   duckdb_scan  SELECT count(*), sum(len(turns)) FROM read_json(INPUT): parsing, with DuckDB reading
                only the fields the count needs
-Goals: rluf throughput >= 0.5 x duckdb_load, rluf peak RSS < 2 GB.
+Goals: rluf throughput >= 0.5 x duckdb_read (DuckDB's raw read of every field, which validates and
+stores nothing), rluf peak RSS < 2 GB. The ratios against duckdb_load and duckdb_scan are printed too.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from bench import harness
 from rluf.data.examples import write_nested_jsonl
 
 TURNS = 6
-GOAL_RATIO = 0.5  # rluf messages/s over duckdb_load messages/s
+GOAL_RATIO = 0.5  # rluf messages/s over duckdb_read messages/s
 GOAL_RSS_BYTES = 2e9
 
 # The console script, as users run it (`python -m rluf.cli` where it is not installed beside Python).
@@ -110,9 +111,9 @@ def run(args, work: Path) -> dict:
         clean()
     results["rluf"]["ingest_seconds_reported"] = reported
     args.input_mb = round(data.stat().st_size / 1e6, 1)
-    ratio = harness.ratios(results, "rluf")["duckdb_load"]
+    ratio = harness.ratios(results, "rluf")["duckdb_read"]
     goals = [
-        harness.goal("rluf / duckdb_load messages/s", ratio, ">=", GOAL_RATIO),
+        harness.goal("rluf / duckdb_read messages/s", ratio, ">=", GOAL_RATIO),
         harness.goal("rluf peak RSS GB", results["rluf"]["peak_rss_bytes"] / 1e9, "<", GOAL_RSS_BYTES / 1e9),
     ]
     return harness.report("ingest", args, "messages", results, "rluf", goals)

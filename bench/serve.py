@@ -63,21 +63,20 @@ def run(args, work) -> dict:
         order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
         return [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
 
-    cache_argument = G._cache_argument
+    hf = G.PolicyResponder(args.policy or work / "policy", max_new_tokens=args.max_new_tokens,
+                           batch_size=args.per_call, decoder="hf")  # fmt: skip
 
-    def serve(batcher, hf: bool = False) -> None:
+    def serve(batcher, policy=responder) -> None:
         G.length_batches = batcher
-        if hf:
-            G._cache_argument = lambda model: None  # sample_completions falls back to model.generate
         try:
             for s in range(0, len(contexts), args.per_call):
-                responder.respond_batch(contexts[s: s + args.per_call], random.Random(s))
+                policy.respond_batch(contexts[s: s + args.per_call], random.Random(s))
         finally:
-            G.length_batches, G._cache_argument = length_batches, cache_argument
+            G.length_batches = length_batches
 
     serve(length_batches)  # warm up
     cases = {"rluf_length_batches": harness.Case(lambda: serve(length_batches)),
-             "hf_generate": harness.Case(lambda: serve(length_batches, hf=True)),
+             "hf_generate": harness.Case(lambda: serve(length_batches, hf)),
              "one_batch": harness.Case(lambda: serve(one_batch))}
     results = harness.measure(cases, items=len(contexts), repeats=args.repeats)
     ratio = harness.ratios(results, "rluf_length_batches")

@@ -37,6 +37,20 @@ def test_crpg_group_baseline_uses_the_per_prompt_mean():
     assert float(loss.detach()) == pytest.approx(-(-10 * 0.1 + -20 * -0.1) / 20)
 
 
+def test_crpg_scale_divides_by_the_std_of_the_same_rows():
+    args = (torch.tensor([5, 10, 2, 3]), torch.tensor([0.6, 0.8, 0.3, 0.9]), torch.tensor([True, True, False, True]),
+            torch.tensor([0.0, 4.0, 1.0, 10.0]), 8.0)  # fmt: skip
+    logp = torch.tensor([-10.0, -20.0, -5.0, -8.0])
+    # R~ = [.6, .4, 0, 0]: batch mean .25, population std sqrt((.35^2 + .15^2 + 2 * .25^2) / 4) = .2598
+    std = float(np.std([0.6, 0.4, 0.0, 0.0]))
+    loss, _ = crpg_loss(logp, *args, scale=True)
+    assert float(loss) == pytest.approx(0.1625 / (std + 1e-4))
+    # per prompt: [.6, .4] -> adv [.1, -.1] / (.1 + 1e-4); [0, 0] -> std 0, adv 0 (no division by zero)
+    loss, _ = crpg_loss(logp, *args, group_size=2, scale=True)
+    assert float(loss) == pytest.approx(-(-10 * 0.1 + -20 * -0.1) / 20 / (0.1 + 1e-4))
+    assert torch.isfinite(loss)
+
+
 def test_crraft_selects_best_feasible_then_baseline_then_skips():
     reward = torch.tensor([0.6, 0.8, 0.3, 0.9, 0.2, 0.1])
     satisfied = torch.tensor([True, False, True, True, False, False])

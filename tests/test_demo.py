@@ -6,7 +6,7 @@ import pytest
 from rich.console import Console
 
 from rluf.data.store import Store
-from rluf.demo import DemoConfig, DemoError, _ground_truth_check, run_demo
+from rluf.demo import DemoConfig, DemoError, _ground_truth_check, headline, run_demo
 from rluf.policy.baselines import kto_dataset
 
 TINY = {"users": 150, "annotations": 500, "sft": {"max_rows": 400, "epochs": 1, "quality_prompts": 20, "max_val_rows": 50},
@@ -84,3 +84,15 @@ def test_demo_config_errors():
     with pytest.raises(DemoError, match="DemoConfig.kto: .*unknown key 'lr'"):
         DemoConfig.from_dict({"kto": {"lr": 1e-5}})
     assert DemoConfig.from_dict({"kto_steps": 0, "kto": {"lr": 1e-5}}).kto_steps == 0  # skipped: not checked
+
+
+def test_headline_love_bait_ratio_carries_the_ab_interval():
+    flagged = {"arms": {"sft": {"value": 0.02}, "no_judges": {"value": 0.025}},
+               "vs_control": {"no_judges": {"lift": 0.25, "ci95": [0.03, 0.5], "p_value": 0.02}}}
+    abtest = {"arms": ["sft", "no_judges"], "metrics": {"flagged": flagged}, "guardrails": {}}
+    summary = {"correlate": {"pearson_r": 0.9, "ci95": [0.8, 0.95], "n_candidates": 10}}
+    h = headline(summary, abtest)
+    assert h["no_judges/love_bait_ratio"] == pytest.approx(1.25)
+    assert h["no_judges/love_bait_ratio_ci95"] == pytest.approx([1.03, 1.5]) and h["no_judges/love_bait_ratio_p"] == 0.02
+    del flagged["vs_control"]["no_judges"]["ci95"]  # too few flags for an interval: no key rather than a made-up one
+    assert "no_judges/love_bait_ratio_ci95" not in headline(summary, abtest)

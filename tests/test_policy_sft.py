@@ -372,10 +372,17 @@ def test_sample_completions_equals_generate_and_drops_finished_rows(tokenizer, m
         out = sample_completions(model, ids, mask, max_new_tokens=12, eos_token_id=eos, pad_token_id=pad, temperature=0)
         assert torch.equal(out, ref)
         assert len(selected) >= 2 and selected == sorted(selected, reverse=True), selected  # finished rows left the batch
-        monkeypatch.setattr(G, "_cache_argument", lambda m: None)  # the fallback: model.generate itself
+        seen = len(selected)
         assert torch.equal(sample_completions(model, ids, mask, max_new_tokens=12, eos_token_id=eos, pad_token_id=pad,
-                                              temperature=0), ref)  # fmt: skip
+                                              temperature=0, decoder="hf"), ref)  # fmt: skip
+        assert len(selected) == seen  # decoder="hf" is model.generate itself: no row ever left its batch
         monkeypatch.undo()
+        with pytest.raises(ValueError, match="decoder must be one of"):
+            sample_completions(model, ids, mask, max_new_tokens=2, eos_token_id=eos, pad_token_id=pad, decoder="fast")
+        G._signature_keywords.cache_clear()
+        for _ in range(3):  # the forward's signature is read once, not at every batch
+            assert G._forward_keywords(model) in (("cache", True), ("past_key_values", True))
+        assert G._signature_keywords.cache_info().misses == 1
         torch.manual_seed(0)
         drawn = sample_completions(model, ids, mask, max_new_tokens=12, eos_token_id=eos, pad_token_id=pad)
     assert drawn.shape[0] == len(prompts) and drawn.shape[1] <= 12

@@ -524,6 +524,9 @@ def headline(summary: dict, abtest: dict) -> dict:
         h[f"{arm}/love_bait_rate"] = rate("flagged", arm)
         base = rate("flagged", CONTROL)
         h[f"{arm}/love_bait_ratio"] = (rate("flagged", arm) / base) if base else None
+        if vs("flagged", arm).get("ci95"):  # the A/B analysis' user-clustered interval of the relative change
+            h[f"{arm}/love_bait_ratio_ci95"] = [1.0 + x for x in vs("flagged", arm)["ci95"]]
+            h[f"{arm}/love_bait_ratio_p"] = vs("flagged", arm).get("p_value")
         h[f"{arm}/guardrails"] = {k: g["status"] for k, g in (abtest.get("guardrails", {}).get(arm) or {}).items()}
     h["sft/love_rate"], h["sft/love_bait_rate"] = rate("love", CONTROL), rate("flagged", CONTROL)
     h["sft/unsafe_rate"] = rate("unsafe", CONTROL)

@@ -15,7 +15,8 @@ prompt categories with its own reward mix, judges, KL_max, K, batch and gradient
 4. the task's optimizer gives a loss:
    - CRPG (eqs. 8-12): R_cr = R_calib * 1[satisfied]; R~ = max(1 - KL/KL_max, 0) * R_cr;
      advantage = R~ - mean(R~) over the task's batch (eq. 12; `group_baseline: true` uses the
-     per-prompt mean instead: a lower-variance deviation from the paper);
+     per-prompt mean instead: a lower-variance deviation from the paper; `scale_advantages: true` also
+     divides by the std over the same rows, as GRPO does);
      loss = -sum_i logp_i * adv_i / sum_i |a_i| (per completion token, as TRL's CGPO port);
    - CRRAFT (eqs. 17-18): per prompt the best reply among those satisfied with KL <= KL_max, weighted by
      its R_calib; when none survives, the logged baseline if the judges accept it and its KL <= KL_max
@@ -92,6 +93,7 @@ class TaskConfig:
     batch_prompts: int = 8  # B_l: prompts per step
     rho: float = 1.0  # gradient weight of this task (Algorithm 2)
     group_baseline: bool = False  # CRPG: subtract the per-prompt mean instead of the batch mean (eq. 12)
+    scale_advantages: bool = False  # CRPG: also divide by the std over the same rows (per prompt or batch), as GRPO does
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -218,20 +220,28 @@ def preset_tasks(cfg: CGPOConfig) -> list[TaskConfig]:
 
 # ----------------------------------------------------------------------------- the losses (pure functions)
 def crpg_loss(logp: torch.Tensor, n_tokens: torch.Tensor, reward: torch.Tensor, satisfied: torch.Tensor,
-              kl: torch.Tensor, kl_max: float, group_size: int | None = None, reduce: Callable | None = None):  # fmt: skip
+              kl: torch.Tensor, kl_max: float, group_size: int | None = None, reduce: Callable | None = None,
+              scale: bool = False):  # fmt: skip
     """CRPG (eqs. 8-12). logp: (N,) sequence log-probs with grad; n_tokens: (N,) completion lengths;
     reward: (N,) calibrated mixed reward; satisfied: (N,) bool; kl: (N,) sequence log-ratios (no grad).
     group_size: subtract the per-group mean (consecutive groups of that size) instead of the batch mean.
-    reduce(t) sums a tensor over processes (DDP); identity when None. Returns (loss, regularised reward)."""
+    scale: divide the advantage by the (population) std over the same rows, + 1e-4 (GRPO's scaling; not
+    in eq. 12). reduce(t) sums a tensor over processes (DDP); identity when None.
+    Returns (loss, regularised reward)."""
     reduce = reduce or (lambda t: t)
     r_cr = reward * satisfied.to(reward.dtype)  # eq. 8
     r_reg = torch.clamp(1.0 - kl / kl_max, min=0.0) * r_cr  # eq. 11
     if group_size:
-        mean = r_reg.view(-1, group_size).mean(dim=1, keepdim=True).expand(-1, group_size).reshape(-1)
+        groups = r_reg.view(-1, group_size)
+        mean = groups.mean(dim=1, keepdim=True).expand(-1, group_size).reshape(-1)
+        std = groups.std(dim=1, unbiased=False, keepdim=True).expand(-1, group_size).reshape(-1)
     else:
-        total = reduce(torch.stack([r_reg.sum(), torch.tensor(float(r_reg.numel()))]))
-        mean = total[0] / total[1]
+        total = reduce(torch.stack([r_reg.sum(), (r_reg * r_reg).sum(), torch.tensor(float(r_reg.numel()))]))
+        mean = total[0] / total[2]
+        std = (total[1] / total[2] - mean * mean).clamp(min=0.0).sqrt()
     adv = (r_reg - mean).detach()  # eq. 12
+    if scale:
+        adv = adv / (std.detach() + 1e-4)
     tokens = reduce(n_tokens.sum().to(logp.dtype).reshape(1))[0].clamp(min=1.0)
     return -(logp * adv).sum() / tokens, r_reg
 
@@ -443,7 +453,8 @@ class CGPOTrainer:
                 logp, ref = self._logps(p_ids, p_mask, comp, c_mask)
                 kl = (logp - ref).detach()
                 loss, _ = crpg_loss(logp, c_mask.sum(1), reward, satisfied, kl, task.kl_max,
-                                    task.k if task.group_baseline else None, self._reduce)  # fmt: skip
+                                    task.k if task.group_baseline else None, self._reduce,
+                                    scale=task.scale_advantages)  # fmt: skip
             else:
                 loss, kl = self._crraft(task, rows, prompts, p_ids, p_mask, comp, c_mask, reward, satisfied)
             # DDP averages gradients over processes; the losses are already normalised globally, so scale back to a sum

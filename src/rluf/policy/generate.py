@@ -29,6 +29,7 @@ reproducible like the simulator's own baseline.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import random
@@ -61,15 +62,21 @@ def sampling_kwargs(temperature: float, top_p: float = 1.0) -> dict:
     return {"do_sample": False, "logits_processor": LogitsProcessorList([*warpers, GumbelNoise()])}
 
 
+DECODERS = ("loop", "hf")  # rluf's decoding loop (`sample_completions`), or `model.generate` itself
+
+
 def generate(model, tokenizer, prompts: list[Any], *, num_return_sequences: int = 1, max_new_tokens: int = 96,
              temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None, batch_size: int = 64,
-             max_prompt_tokens: int | None = None) -> list[list[str]]:  # fmt: skip
+             max_prompt_tokens: int | None = None, decoder: str = "loop") -> list[list[str]]:  # fmt: skip
     """Sample `num_return_sequences` replies per prompt -> one list of texts per prompt.
 
     prompts: each a string (one user turn) or a list of chat messages ({"role", "content"} or
     {"role", "text"}). max_prompt_tokens: keep the last this many prompt tokens (default: the
-    model's context length minus max_new_tokens).
+    model's context length minus max_new_tokens). decoder: "loop" (rluf's, see `sample_completions`)
+    or "hf" (`model.generate` with the same sampler; the baseline of `python -m bench serve`).
     """
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     if num_return_sequences < 1 or max_new_tokens < 1 or batch_size < 1:
         raise ValueError("num_return_sequences, max_new_tokens and batch_size must be >= 1, got "
                          f"{num_return_sequences}, {max_new_tokens}, {batch_size}")  # fmt: skip
@@ -104,7 +111,7 @@ def generate(model, tokenizer, prompts: list[Any], *, num_return_sequences: int 
             mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in chunk], device=device)
             ids, mask = ids.repeat_interleave(num_return_sequences, 0), mask.repeat_interleave(num_return_sequences, 0)
             out = sample_completions(model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                                     pad_token_id=pad, temperature=temperature, top_p=top_p)  # fmt: skip
+                                     pad_token_id=pad, temperature=temperature, top_p=top_p, decoder=decoder)  # fmt: skip
             for k, row in enumerate(out.tolist()):
                 if eos in row:
                     row = row[: row.index(eos)]
@@ -113,29 +120,39 @@ def generate(model, tokenizer, prompts: list[Any], *, num_return_sequences: int 
     return replies
 
 
-def _cache_argument(model) -> str | None:
-    """The forward's keyword for the KV cache ("cache" in recent transformers, "past_key_values" before), or
-    None when the loop cannot drive this model (encoder-decoder, no position ids)."""
+def _forward_keywords(model) -> tuple[str | None, bool]:
+    """(the forward's keyword for the KV cache, whether it takes `logits_to_keep`); the cache keyword is
+    "cache" in recent transformers, "past_key_values" before, and None when the loop cannot drive this
+    model (encoder-decoder, no position ids). Read from the signature once per forward function."""
     if getattr(model.config, "is_encoder_decoder", False):
-        return None
-    params = inspect.signature(model.forward).parameters
+        return None, False
+    forward = model.forward
+    return _signature_keywords(getattr(forward, "__func__", forward))
+
+
+@functools.lru_cache(maxsize=64)
+def _signature_keywords(forward) -> tuple[str | None, bool]:
+    params = inspect.signature(forward).parameters
     if "position_ids" not in params:
-        return None
-    return next((name for name in ("cache", "past_key_values") if name in params), None)
+        return None, False
+    cache = next((name for name in ("cache", "past_key_values") if name in params), None)
+    return cache, "logits_to_keep" in params
 
 
 def sample_completions(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
                        eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
-                       top_p: float = 1.0) -> torch.Tensor:  # fmt: skip
+                       top_p: float = 1.0, decoder: str = "loop") -> torch.Tensor:  # fmt: skip
     """Completion ids (B, T), T <= max_new_tokens, after left-padded prompts: each row stops at its first eos
     (kept) and is padded with `pad_token_id` after it, as `model.generate(...)[:, width:]` returns them.
     Draws from torch's global RNG; call under torch.no_grad() with the model in eval mode.
 
     A finished row leaves the batch (its KV-cache rows are dropped), so later steps run on the live rows
     only. Falls back to `model.generate` with the same sampler when the model cannot be driven that way
-    (see `_cache_argument`, or a cache without `batch_select_indices`)."""
+    (see `_forward_keywords`, or a cache without `batch_select_indices`), and with `decoder="hf"`."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     sample = sampling_kwargs(temperature, top_p)
-    cache_arg = _cache_argument(model)
+    cache_arg, keeps_logits = _forward_keywords(model) if decoder == "loop" else (None, False)
 
     def fallback() -> torch.Tensor:
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
@@ -147,7 +164,7 @@ def sample_completions(model, input_ids: torch.Tensor, attention_mask: torch.Ten
     processors = sample.get("logits_processor")
     mask = attention_mask
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    extra = {"logits_to_keep": 1} if keeps_logits else {}
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     if cache is None or not hasattr(cache, "batch_select_indices"):
@@ -199,11 +216,13 @@ class PolicyResponder:
     `respond_batch(contexts, rngs)` for `World.serve(..., batch_users=N)`."""
 
     def __init__(self, model_dir: str | Path, max_new_tokens: int = 96, temperature: float = 1.0, top_p: float = 1.0,
-                 name: str | None = None, batch_size: int = 128):  # fmt: skip
+                 name: str | None = None, batch_size: int = 128, decoder: str = "loop"):  # fmt: skip
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
             self.model = AutoModelForCausalLM.from_pretrained(str(model_dir))
@@ -211,7 +230,7 @@ class PolicyResponder:
             raise ValueError(f"{model_dir}: not a Hugging Face causal-LM directory ({exc})") from None
         self.model.eval()
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
-        self.batch_size = batch_size
+        self.batch_size, self.decoder = batch_size, decoder
         self.name = name or Path(model_dir).name
 
     def respond(self, context: list[dict], rng: random.Random) -> str:
@@ -237,7 +256,8 @@ class PolicyResponder:
         order = sorted(range(len(contexts)), key=lambda i: sum(len(t.get("text") or t.get("content") or "")
                                                                for t in contexts[i]))  # fmt: skip
         out = generate(self.model, self.tokenizer, [contexts[i] for i in order], max_new_tokens=self.max_new_tokens,
-                       temperature=self.temperature, top_p=self.top_p, seed=seed, batch_size=self.batch_size)  # fmt: skip
+                       temperature=self.temperature, top_p=self.top_p, seed=seed, batch_size=self.batch_size,
+                       decoder=self.decoder)  # fmt: skip
         replies = [""] * len(contexts)
         for i, r in zip(order, out):
             replies[i] = r[0]
