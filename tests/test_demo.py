@@ -70,6 +70,16 @@ def test_demo_runs_the_whole_loop(tmp_path):
         assert lo <= h[f"{arm}/unsafe_rate_change"] <= hi and 0 <= h[f"{arm}/true_unsafe_rate"] <= 1
         assert set(h[f"{arm}/guardrails"]) == {"thumbs_down", "helpful", "safe", "unsafe", "hacking"}
     assert set(saved["seconds"]) >= {"simulate", "sft", "optimize", "offline", "online", "report", "total"}
+    # python -m bench lovebait: more replies per offline prompt, on the run's own prompt set
+    from bench import lovebait
+
+    doc = lovebait.main(["--run", str(out), "--samples", "2", "--candidates", "aggressive,no_judges",
+                         "--workdir", str(tmp_path / "lovebait")])  # fmt: skip
+    assert set(doc["arms"]) == {"aggressive", "no_judges"} and doc["n_prompts"] == TINY["offline_prompts"]
+    sft_replies = [json.loads(x) for x in (tmp_path / "lovebait" / "sft.replies.jsonl").read_text().splitlines()]
+    assert len(sft_replies) == 2 * TINY["offline_prompts"]
+    assert {r["user_id"] for r in sft_replies} == evaluated  # the demo's offline users, none trained on
+    assert [g["goal"].split(" ")[0] for g in doc["goals"]] == ["aggressive", "no_judges", "no_judges"]
 
 
 def test_demo_config_errors():
