@@ -197,3 +197,16 @@ def report(name: str, args: argparse.Namespace, items_label: str, results: dict[
         json.dump(doc, sys.stdout, indent=1, default=str)
         print()
     return doc
+
+
+def finish(name: str, doc: dict, console, as_json: bool) -> None:
+    """Print each goal's verdict, write bench/results/NAME.json, and (with --json) the same JSON to stdout."""
+    for g in doc["goals"]:
+        console.print(f"{'[green]PASS[/]' if g['passed'] else '[red]FAIL[/]'}  {g['goal']}  (measured {g['value']:.4g})")
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    console.print(f"[dim]written {path}[/]")
+    if as_json:
+        json.dump(doc, sys.stdout, indent=1, default=str)
+        print()

@@ -58,7 +58,7 @@ def main(argv: list[str]) -> dict:
 
 
 def run(args, work: Path) -> dict:
-    from rluf.demo import _prompt_split
+    from rluf.demo import _love_bait_phrases, _prompt_split
     from rluf.evaluate.hacking import compare
     from rluf.evaluate.offline import OfflineConfig, evaluate_offline
     from rluf.judges import build_judges
@@ -91,7 +91,7 @@ def run(args, work: Path) -> dict:
         top += [e["text"] for e in h["sentences"]["increased"][:10] if e["significant"]]
         arms[name] = {"love_bait": paired_ratio(flags[CONTROL], flags[name], seed),
                       "closing": {k: closing[k] for k in ("baseline", "candidate", "ratio", "ratio_ci")},
-                      "top_rising": top[:10], "top_rising_love_bait": flagged(judge, top)}  # fmt: skip
+                      "top_rising": top[:10], "top_rising_love_bait": _love_bait_phrases(top)}  # fmt: skip
     if "aggressive" in arms:
         goals.append(harness.goal("aggressive love-bait / sft", arms["aggressive"]["love_bait"]["ratio"], "<",
                                   GOAL_WITH_JUDGES))  # fmt: skip
@@ -141,14 +141,6 @@ def _finite(x) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def flagged(judge, phrases: list[str]) -> list[str]:
-    """The phrases the love_bait judge flags on their own."""
-    if not phrases:
-        return []
-    verdicts = judge.judge_all([""] * len(phrases), phrases)["love_bait"]
-    return [p for p, v in zip(phrases, verdicts) if v == 0]
-
-
 def _print(doc: dict, args) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -168,15 +160,7 @@ def _print(doc: dict, args) -> None:
                   f"{_ratio(cl['ratio'])} [{cl['ratio_ci'][0]:.2f}, {cl['ratio_ci'][1]:.2f}]",
                   "; ".join(a["top_rising_love_bait"]) or "-")  # fmt: skip
     console.print(t)
-    for g in doc["goals"]:
-        console.print(f"{'[green]PASS[/]' if g['passed'] else '[red]FAIL[/]'}  {g['goal']}  (measured {g['value']:.4g})")
-    harness.RESULTS.mkdir(exist_ok=True)
-    path = harness.RESULTS / "lovebait.json"
-    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    console.print(f"[dim]written {path} in {doc['seconds']:.0f}s[/]")
-    if args.json:
-        json.dump(doc, sys.stdout, indent=1, default=str)
-        print()
+    harness.finish("lovebait", doc, console, args.json)
 
 
 def _ratio(x) -> str:

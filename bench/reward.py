@@ -23,9 +23,7 @@ This is the one place outside rluf.sim that reads the simulator's truth (the ora
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -216,12 +214,4 @@ def _print(doc: dict, args) -> None:
                       f"{rb['clean_auroc']:.4f}; filter on {rb['filter_on']['auroc']:.4f} (drop "
                       f"{rb['filter_on']['drop']:+.4f}, {rb['filter_on']['flagged_users']} users set aside); filter off "
                       f"{rb['filter_off']['auroc']:.4f} (drop {rb['filter_off']['drop']:+.4f})")  # fmt: skip
-    for g in doc["goals"]:
-        console.print(f"{'[green]PASS[/]' if g['passed'] else '[red]FAIL[/]'}  {g['goal']}  (measured {g['value']:.4g})")
-    harness.RESULTS.mkdir(exist_ok=True)
-    path = harness.RESULTS / "reward.json"
-    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    console.print(f"[dim]written {path}[/]")
-    if args.json:
-        json.dump(doc, sys.stdout, indent=1, default=str)
-        print()
+    harness.finish("reward", doc, console, args.json)
