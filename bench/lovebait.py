@@ -49,6 +49,10 @@ def main(argv: list[str]) -> dict:
     summary = args.run / "summary.json"
     if not summary.is_file():
         ap.error(f"{summary}: no such file; --run takes a finished demo run (rluf demo --out DIR)")
+    try:
+        args.config = json.loads(summary.read_text())["config"]
+    except (ValueError, KeyError, TypeError):
+        ap.error(f"{summary}: not a demo summary (no 'config' key); --run takes a finished demo run (rluf demo --out DIR)")
     args.candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
     missing = [c for c in args.candidates if not (args.run / "policy" / c / "config.json").is_file()]
     if missing:
@@ -64,16 +68,15 @@ def run(args, work: Path) -> dict:
     from rluf.judges import build_judges
 
     t0 = time.perf_counter()
-    cfg = json.loads((args.run / "summary.json").read_text())["config"]
+    cfg = args.config
     seed, n_prompts = cfg["seed"], args.prompts or cfg["offline_prompts"]
-    rows = _prompt_split(args.run, _Seeded(seed))[1]
+    rows = _prompt_split(args.run, seed)[1]
     ocfg = OfflineConfig(prompts=n_prompts, seed=seed, max_new_tokens=cfg["max_new_tokens"], samples_per_prompt=args.samples)
-    love = {"love": str(args.run / "reward" / cfg["reward_kinds"][0])}
     judge = build_judges([{"type": "love_bait"}])
     policies = {CONTROL: args.run / "sft"} | {c: args.run / "policy" / c for c in args.candidates}
     replies, flags = {}, {}
     for name, policy in policies.items():
-        r = evaluate_offline(policy, rows, love, ocfg, replies_out=work / f"{name}.replies.jsonl", name=name)
+        r = evaluate_offline(policy, rows, {}, ocfg, replies_out=work / f"{name}.replies.jsonl", name=name)
         replies[name] = [json.loads(line) for line in open(r["replies"], encoding="utf-8")]
         verdicts = judge.judge_all([""] * len(replies[name]), [x["reply"] for x in replies[name]])["love_bait"]
         flags[name] = (np.asarray(verdicts) == 0).reshape(-1, args.samples)  # prompts x samples
@@ -101,19 +104,12 @@ def run(args, work: Path) -> dict:
         goals.append(harness.goal("no_judges top rising phrases the love_bait judge flags",
                                   len(arms["no_judges"]["top_rising_love_bait"]), ">=", 1))  # fmt: skip
     doc = {"bench": "lovebait", "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                                           if k not in ("json", "check")},
+                                           if k not in ("json", "check", "config")},
            "env": harness.environment(), "n_prompts": int(flags[CONTROL].shape[0]), "samples": args.samples,
            "control_love_bait_rate": float(flags[CONTROL].mean()), "arms": arms, "goals": goals, "check": args.check,
            "seconds": time.perf_counter() - t0}  # fmt: skip
     _print(doc, args)
     return doc
-
-
-class _Seeded:
-    """The one DemoConfig field the demo's prompt split reads."""
-
-    def __init__(self, seed: int):
-        self.seed = seed
 
 
 def paired_ratio(base: np.ndarray, cand: np.ndarray, seed: int) -> dict:

@@ -35,6 +35,10 @@ def test_bad_run_directory_is_a_clear_error(tmp_path, capsys):
         lovebait.main(["--run", str(tmp_path)])
     assert e.value.code == 2 and "no such file; --run takes a finished demo run" in capsys.readouterr().err
     (tmp_path / "summary.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        lovebait.main(["--run", str(tmp_path)])
+    assert "not a demo summary (no 'config' key)" in capsys.readouterr().err
+    (tmp_path / "summary.json").write_text('{"config": {}}')
     (tmp_path / "policy" / "aggressive").mkdir(parents=True)
     (tmp_path / "policy" / "aggressive" / "config.json").write_text("{}")
     with pytest.raises(SystemExit):

@@ -312,7 +312,7 @@ def _optimize_runs(out: Path, cfg: DemoConfig, models: dict) -> list[dict]:
 def _optimize(out: Path, cfg: DemoConfig, models: dict, console: Console) -> tuple[dict, dict]:
     from .policy.data import prompt_rows_to_records
 
-    train, held = _prompt_split(out, cfg)  # every run trains on these; the offline set comes from the other side
+    train, held = _prompt_split(out, cfg.seed)  # every run trains on these; the offline set comes from the other side
     (out / "policy").mkdir(parents=True, exist_ok=True)
     with open(out / "policy" / "train_prompts.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in prompt_rows_to_records(train))
@@ -364,18 +364,18 @@ def _optimize_job(run: dict) -> dict:
     return {"steps": run["settings"]["steps"], "seconds": time.perf_counter() - t0}
 
 
-def _prompt_split(out: Path, cfg: DemoConfig):
+def _prompt_split(out: Path, seed: int):
     """(train, held out): the store's prompt rows (a stratified 20,000), split by user 90 / 10. The optimizers
     train on the first; the fixed offline prompt set is drawn from the second, users no candidate saw."""
     from .policy.data import load_prompts, split_prompts
 
-    return split_prompts(load_prompts(out / "store", limit=20_000, seed=cfg.seed), 0.1, cfg.seed)
+    return split_prompts(load_prompts(out / "store", limit=20_000, seed=seed), 0.1, seed)
 
 
 def _offline(out: Path, cfg: DemoConfig, candidates: dict, models: dict, console: Console) -> dict:
     from .evaluate.offline import OfflineConfig, evaluate_offline, format_summary
 
-    rows = _prompt_split(out, cfg)[1]
+    rows = _prompt_split(out, cfg.seed)[1]
     ocfg = OfflineConfig(prompts=cfg.offline_prompts, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
                          samples_per_prompt=cfg.offline_samples)  # fmt: skip
     results = {}
