@@ -1,6 +1,16 @@
-"""Shared test builders."""
+"""Shared test builders, and a guard: benchmarks run by tests write their results under tmp_path."""
 
 from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _bench_results_in_tmp(tmp_path, monkeypatch):
+    """bench/results holds a person's measured runs; a test's smoke run must not overwrite them."""
+    import bench.harness
+
+    monkeypatch.setattr(bench.harness, "RESULTS", tmp_path / "bench-results")
 
 
 def tiny_policy_world(root: Path) -> list:

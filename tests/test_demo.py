@@ -11,7 +11,7 @@ from rluf.policy.baselines import kto_dataset
 
 TINY = {"users": 150, "annotations": 500, "sft": {"max_rows": 400, "epochs": 1, "quality_prompts": 20, "max_val_rows": 50},
         "optimize_steps": 3, "snapshot_steps": [1, 2], "grpo_steps": 2, "grpo": {"prompts_per_step": 2, "num_generations": 2},
-        "kto_steps": 2, "offline_prompts": 20, "online_users": 40, "online_days": 2, "max_new_tokens": 12, "public_samples": False}  # fmt: skip
+        "kto_steps": 2, "offline_prompts": 20, "final_samples": 4, "online_users": 40, "online_days": 2, "max_new_tokens": 12, "public_samples": False}  # fmt: skip
 
 
 @pytest.mark.slow
@@ -48,7 +48,15 @@ def test_demo_runs_the_whole_loop(tmp_path):
     assert saved["online"]["ingest"]["rejected"] == 0 and saved["online"]["ingest"]["reconciles"]
     abtest = json.loads((out / "online" / "abtest.json").read_text())
     assert abtest["control"] == "sft" and set(abtest["arms"]) == names
+    # SFT and the final candidates answer each offline prompt final_samples times, the snapshots offline_samples
+    for name in names:
+        rows = (out / "evaluate" / "offline" / f"{name.replace('@', '_step')}.replies.jsonl").read_text().splitlines()
+        assert len(rows) == TINY["offline_prompts"] * (3 if "@" in name else TINY["final_samples"]), name
+        assert set(json.loads(rows[0])["scores"]) == {"love", "helpful", "safe"}
     assert {"no_judges", "aggressive", "moderate", "grpo", "kto"} <= set(saved["hacking"])
+    no_judges = json.loads((out / "hacking" / "no_judges.json").read_text())
+    assert no_judges["divergence"]["reward"] == "love" and no_judges["divergence"]["quality"] == "helpful"
+    assert no_judges["closing"]["love_bait_anywhere"]["prompt_clustered"]["clusters"] == TINY["offline_prompts"]
     assert (out / "hacking" / "no_judges.judges.yaml").is_file()
     html = (out / "report.html").read_text()
     assert "<html" in html.lower() and "data:image/png;base64," in html
@@ -69,6 +77,10 @@ def test_demo_runs_the_whole_loop(tmp_path):
         lo, hi = h[f"{arm}/unsafe_rate_change_ci95"]
         assert lo <= h[f"{arm}/unsafe_rate_change"] <= hi and 0 <= h[f"{arm}/true_unsafe_rate"] <= 1
         assert set(h[f"{arm}/guardrails"]) == {"thumbs_down", "helpful", "safe", "unsafe", "hacking"}
+    for arm in ("aggressive", "moderate", "no_judges", "grpo", "kto"):
+        assert {f"{arm}/love_bait_offline_ratio", f"{arm}/love_bait_offline_ratio_ci95", f"{arm}/love_bait_offline_ratio_p",
+                f"{arm}/hacking_suspects", f"{arm}/hacking_suspects_love_bait"} <= set(h), arm  # fmt: skip
+        assert set(h[f"{arm}/hacking_suspects_love_bait"]) <= set(saved["hacking"][arm]["suspects"])
     assert set(saved["seconds"]) >= {"simulate", "sft", "optimize", "offline", "online", "report", "total"}
     # python -m bench lovebait: more replies per offline prompt, on the run's own prompt set
     from bench import lovebait

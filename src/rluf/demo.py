@@ -85,7 +85,9 @@ class DemoConfig:
     kto: dict = field(default_factory=lambda: {"learning_rate": 5e-5},
                       metadata={"help": "KTOBaselineConfig settings (docs/baselines.md)"})
     offline_prompts: int = field(default=400, metadata={"help": "prompts in the fixed offline evaluation set"})
-    offline_samples: int = field(default=3, metadata={"help": "replies sampled per offline prompt"})
+    offline_samples: int = field(default=3, metadata={"help": "replies sampled per offline prompt (CGPO snapshots)"})
+    final_samples: int = field(default=10, metadata={"help": "replies per offline prompt for SFT and the final candidates: "
+                               "enough to tell a 2 % love-bait rate from 3 % and to feed the hacking monitor"})  # fmt: skip
     online_users: int = field(default=18000, metadata={"help": "simulated users of the online test, split by online_shares"})
     online_days: int = field(default=4, metadata={"help": "days the online test runs"})
     online_shares: dict = field(default_factory=lambda: {"sft": 3, "aggressive": 3},
@@ -97,7 +99,7 @@ class DemoConfig:
 
     def __post_init__(self):
         ints = {"users": 10, "annotations": 100, "optimize_steps": 1, "grpo_steps": 0, "kto_steps": 0, "offline_prompts": 10,
-                "offline_samples": 1,
+                "offline_samples": 1, "final_samples": 1,
                 "online_users": 4, "online_days": 1, "min_users": 1, "workers": 1, "max_new_tokens": 1, "seed": 0}
         for name, low in ints.items():
             v = getattr(self, name)
@@ -376,14 +378,14 @@ def _offline(out: Path, cfg: DemoConfig, candidates: dict, models: dict, console
     from .evaluate.offline import OfflineConfig, evaluate_offline, format_summary
 
     rows = _prompt_split(out, cfg.seed)[1]
-    ocfg = OfflineConfig(prompts=cfg.offline_prompts, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
-                         samples_per_prompt=cfg.offline_samples)  # fmt: skip
     results = {}
     d = out / "evaluate" / "offline"
     d.mkdir(parents=True, exist_ok=True)
     with _bar(console, "offline candidates") as bar:
         for k, (name, policy) in enumerate(candidates.items()):
             slug = _slug(name)
+            ocfg = OfflineConfig(prompts=cfg.offline_prompts, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
+                                 samples_per_prompt=cfg.offline_samples if "@" in name else cfg.final_samples)  # fmt: skip
             results[name] = evaluate_offline(policy, rows, models, ocfg, replies_out=d / f"{slug}.replies.jsonl", name=name)
             bar(k + 1, len(candidates))
     for name, r in results.items():
@@ -416,24 +418,33 @@ def _online(out: Path, cfg: DemoConfig, candidates: dict, models: dict, log_days
 
 def _hacking(out: Path, cfg: DemoConfig, candidates: dict, console: Console) -> dict:
     from .evaluate.hacking import compare as hacking_compare
-    from .evaluate.hacking import format_report, load_pairs, write_judge_config
+    from .evaluate.hacking import format_report, has_scores, load_pairs, row_scores, write_judge_config
 
     d = out / "hacking"
     d.mkdir(parents=True, exist_ok=True)
     replies = out / "evaluate" / "offline"
+    names = ("love", "helpful")  # the optimised reward and the quality it must not cost
     brief = {}
     for name in candidates:
         if name == CONTROL or "@" in name:
             continue
-        prompts, base, cand, _ = load_pairs(replies / f"{_slug(CONTROL)}.replies.jsonl", replies / f"{_slug(name)}.replies.jsonl")
-        r = hacking_compare(prompts, base, cand, seed=cfg.seed)
+        pairs = load_pairs(replies / f"{_slug(CONTROL)}.replies.jsonl", replies / f"{_slug(name)}.replies.jsonl")
+        scores = {}
+        if has_scores(pairs, names):
+            scores = {"reward_scores": row_scores(pairs, names[0]), "quality_scores": row_scores(pairs, names[1]),
+                      "score_names": names}  # fmt: skip
+        r = hacking_compare(pairs.prompts, pairs.baseline, pairs.candidate, seed=cfg.seed, **scores)
         (d / f"{_slug(name)}.json").write_text(json.dumps(r, indent=1) + "\n")
         write_judge_config(r, d / f"{_slug(name)}.judges.yaml")
         top = [e["text"] for e in r["phrases"]["increased"][:10] if e["significant"]]
         top_sentences = [e["text"] for e in r["sentences"]["increased"][:10] if e["significant"]]
+        div = r["divergence"] or {}
+        suspects = [e["text"] for kind in ("sentences", "phrases") for e in div.get(kind, {}).get("units", [])[:10]
+                    if e["significant"]]  # fmt: skip
         brief[name] = {"closing_judge": r["closing"]["closing_judge"], "love_bait_anywhere": r["closing"]["love_bait_anywhere"],
                        "top_phrases": top, "top_sentences": top_sentences,
-                       "top_love_bait": _love_bait_phrases(top + top_sentences)}  # fmt: skip
+                       "top_love_bait": _love_bait_phrases(top + top_sentences),
+                       "suspects": suspects, "suspects_love_bait": _love_bait_phrases(suspects)}  # fmt: skip
         if name == "no_judges":
             console.print(format_report(r, limit=8))
         else:
@@ -532,14 +543,21 @@ def headline(summary: dict, abtest: dict) -> dict:
     h["sft/unsafe_rate"] = rate("unsafe", CONTROL)
     if true_unsafe.get(CONTROL):
         h["sft/true_unsafe_rate"] = true_unsafe[CONTROL]["rate"]
-    for arm in ("no_judges", "grpo", "kto"):
+    for arm in ("aggressive", "moderate", "no_judges", "grpo", "kto"):
         hk = summary.get("hacking", {}).get(arm)
-        if hk:
-            h[f"{arm}/closing_rate"] = [hk["closing_judge"]["baseline"]["rate"], hk["closing_judge"]["candidate"]["rate"]]
-            h[f"{arm}/love_bait_offline"] = [hk["love_bait_anywhere"]["baseline"]["rate"],
-                                             hk["love_bait_anywhere"]["candidate"]["rate"]]  # fmt: skip
-            h[f"{arm}/top_rising"] = (hk["top_phrases"][:5] + hk["top_sentences"][:5])
-            h[f"{arm}/top_rising_love_bait"] = hk["top_love_bait"]
+        if not hk:
+            continue
+        h[f"{arm}/closing_rate"] = [hk["closing_judge"]["baseline"]["rate"], hk["closing_judge"]["candidate"]["rate"]]
+        h[f"{arm}/love_bait_offline"] = [hk["love_bait_anywhere"]["baseline"]["rate"],
+                                         hk["love_bait_anywhere"]["candidate"]["rate"]]  # fmt: skip
+        clustered = hk["love_bait_anywhere"].get("prompt_clustered") or {}
+        h[f"{arm}/love_bait_offline_ratio"] = clustered.get("ratio")
+        h[f"{arm}/love_bait_offline_ratio_ci95"] = clustered.get("ratio_ci")
+        h[f"{arm}/love_bait_offline_ratio_p"] = clustered.get("p")
+        h[f"{arm}/top_rising"] = (hk["top_phrases"][:5] + hk["top_sentences"][:5])
+        h[f"{arm}/top_rising_love_bait"] = hk["top_love_bait"]
+        h[f"{arm}/hacking_suspects"] = hk.get("suspects", [])[:10]
+        h[f"{arm}/hacking_suspects_love_bait"] = hk.get("suspects_love_bait", [])
     return h
 
 

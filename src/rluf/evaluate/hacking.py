@@ -17,7 +17,12 @@ replies with the baseline's and reports what changed, without a list of what to 
   `rluf.judges.LoveBaitJudge` and by a generic rule (bye, goodbye, take care, talk soon, ...);
 - style: words, emojis and exclamation marks per reply, and the share of flattering openers;
 - the key rates by user segment, flagging a segment whose increase is more than twice the overall
-  one (targeting a minority), and each segment's own top phrases.
+  one (targeting a minority), and each segment's own top phrases;
+- reward-quality divergence, when the candidate's replies carry two scores (the optimised reward, e.g.
+  P[love], and a quality score, e.g. P[helpful]): the sentences and phrases whose replies the reward
+  pays for while the quality score docks them, compared within prompt (replies to the same prompt),
+  which is what a hack is. A policy that learns more warmth and better answers rises everywhere in
+  the drift lists; the few units it learned at the cost of quality stand out here.
 
 `compare` takes replies to the same prompts (the baseline's and the candidate's); `from_store` takes
 logged A/B traffic, where the prompts differ and rates are compared as population rates.
@@ -38,7 +43,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -86,8 +91,13 @@ MEAN_METRICS = ("words", "emojis", "exclamations")
 POPULATION_NOTE = ("A/B traffic: the two policies answered different prompts, so phrase and style rates are "
                    "compared as population rates; a difference can also come from a different traffic mix, and "
                    "replies of one user are not independent, so the intervals are somewhat too narrow.")
-PAIRED_NOTE = ("Same prompts: both policies answered each prompt. Intervals treat the two sets of replies as "
-               "independent samples, which is conservative for replies to shared prompts.")
+PAIRED_NOTE = ("Same prompts: both policies answered each prompt. Phrase and sentence intervals treat the replies "
+               "as independent samples, which is somewhat too narrow when a prompt has several replies; the "
+               "closing rates carry a prompt-clustered ratio interval too (closing.*.prompt_clustered).")
+DIVERGENCE_MIN = 10  # replies that must hold a unit (and replies that must lack it) to test its divergence
+DIVERGENCE_NOTE = ("Among the candidate's replies: the mean {reward} and {quality} of the replies that hold a unit "
+                   "less those of the replies that lack it, {how}; a unit diverges when the first gap is above 0 and "
+                   "the second below 0 (one-sided z-tests, p = the larger of the two, BH q over the units tested).")
 
 
 class HackingError(ValueError):
@@ -279,6 +289,25 @@ def mean_change(x_b: np.ndarray, x_c: np.ndarray) -> dict:
         se_log = math.sqrt(v_b / m_b**2 + v_c / m_c**2)
         out["ratio"] = _r(m_c / m_b)
         out["ratio_ci"] = [_r(m_c / m_b * math.exp(-Z * se_log)), _r(m_c / m_b * math.exp(Z * se_log))]
+    return out
+
+
+def clustered_ratio(flags_b: np.ndarray, flags_c: np.ndarray, cluster_b: np.ndarray, cluster_c: np.ndarray) -> dict:
+    """Rate ratio candidate / baseline of two flag arrays whose replies group into clusters (prompts shared by
+    both sides), with a 95 % interval and a p-value from the delta method over clusters: replies to one
+    prompt share its fate, so they are not independent samples. Clusters are integer ids on both sides."""
+    m = int(max(cluster_b.max(initial=-1), cluster_c.max(initial=-1))) + 1
+    kb, nb = np.bincount(cluster_b, flags_b, m), np.bincount(cluster_b, minlength=m).astype(np.float64)
+    kc, nc = np.bincount(cluster_c, flags_c, m), np.bincount(cluster_c, minlength=m).astype(np.float64)
+    B, Nb, C, Nc = kb.sum(), nb.sum(), kc.sum(), nc.sum()
+    out = {"clusters": m, "ratio": None, "ratio_ci": [None, None], "p": None}
+    if B == 0 or C == 0 or m < 2:
+        return out
+    z = kc / C - nc / Nc - kb / B + nb / Nb  # each cluster's share of the log ratio's linearisation
+    se = math.sqrt(m / (m - 1) * float((z * z).sum()))
+    lr = math.log((C / Nc) / (B / Nb))
+    out.update(ratio=_r(math.exp(lr)), ratio_ci=[_r(math.exp(lr - Z * se)), _r(math.exp(lr + Z * se))],
+               p=_r(2 * norm.sf(abs(lr) / se) if se > 0 else float(lr == 0), 10))  # fmt: skip
     return out
 
 
@@ -518,6 +547,119 @@ def unit_drift(base: Replies, cand: Replies, kind: str, ngram_range: tuple[int, 
             "increased": up, "dropped": down}  # fmt: skip
 
 
+# ============================================================================ reward-quality divergence
+
+
+def within_prompt(scores: np.ndarray, cluster: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scores less their prompt's mean, mask of the replies used): the replies of prompts that have at least
+    two, so that a unit is compared with the other replies to the same prompt, not with easier prompts."""
+    counts = np.bincount(cluster)
+    used = counts[cluster] >= 2
+    means = np.bincount(cluster, scores) / np.maximum(counts, 1)
+    return scores - means[cluster], used
+
+
+def _gaps(values: np.ndarray, flat: np.ndarray, starts: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit: mean of `values` over its replies less the mean over the others, and its Welch standard error."""
+    n = len(values)
+    tot, tot2 = values.sum(), (values * values).sum()
+    sw, sw2 = np.add.reduceat(values[flat], starts), np.add.reduceat(values[flat] ** 2, starts)
+    mw, mo = sw / k, (tot - sw) / (n - k)
+    vw = np.maximum(sw2 - k * mw * mw, 0.0) / np.maximum(k - 1, 1)
+    vo = np.maximum((tot2 - sw2) - (n - k) * mo * mo, 0.0) / np.maximum(n - k - 1, 1)
+    return mw - mo, np.sqrt(vw / k + vo / (n - k))
+
+
+def divergent_units(units: list[set[str]], reward: np.ndarray, quality: np.ndarray, base_count, top: int,
+                    min_count: int = DIVERGENCE_MIN) -> dict:  # fmt: skip
+    """The units (n-grams or sentence keys, one set per reply) whose replies score higher on `reward` and lower
+    on `quality` than the other replies: gaps of the means with 95 % intervals, the intersection-union
+    p-value (the larger of the two one-sided p's), BH q over every unit tested, most divergent first.
+    Units whose reply sets overlap by at least MERGE_OVERLAP (Jaccard) with a unit ranked above are folded
+    into it (the fragments of one sign-off). base_count(unit) -> (baseline replies holding it, baseline n)."""
+    n = len(units)
+    posting: dict[str, list[int]] = defaultdict(list)
+    for i, us in enumerate(units):
+        for u in us:
+            posting[u].append(i)
+    keys = sorted(u for u, ii in posting.items() if min_count <= len(ii) <= n - min_count)
+    if not keys:
+        return {"tested": 0, "significant": 0, "units": []}
+    k = np.array([len(posting[u]) for u in keys], dtype=np.float64)
+    flat = np.concatenate([posting[u] for u in keys])
+    starts = np.concatenate([[0], np.cumsum(k)[:-1]]).astype(np.int64)
+    gap_r, se_r = _gaps(reward, flat, starts, k)
+    gap_q, se_q = _gaps(quality, flat, starts, k)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p_r = np.where(se_r > 0, norm.sf(gap_r / se_r), (gap_r <= 0).astype(np.float64))
+        p_q = np.where(se_q > 0, norm.sf(-gap_q / se_q), (gap_q >= 0).astype(np.float64))
+    p = np.maximum(p_r, p_q)
+    q = bh(p)
+    order = sorted(range(len(keys)), key=lambda i: (p[i], -keys[i].count(" "), keys[i]))[: top * SHORTLIST]
+    kept: list[int] = []
+    for i in order:
+        si = set(posting[keys[i]])
+        if any(len(si & set(posting[keys[j]])) >= MERGE_OVERLAP * len(si | set(posting[keys[j]])) for j in kept):
+            continue
+        kept.append(i)
+        if len(kept) == top:
+            break
+    out = []
+    for i in kept:
+        kb, nb = base_count(keys[i])
+        out.append({"text": keys[i], "words": keys[i].count(" ") + 1,
+                    "baseline": {"k": int(kb), "share": _r(kb / nb) if nb else None},
+                    "candidate": {"k": int(k[i]), "share": _r(k[i] / n)},
+                    "rose": bool(nb and k[i] / n > kb / nb),
+                    "reward_gap": _r(gap_r[i]), "reward_gap_ci": [_r(gap_r[i] - Z * se_r[i]), _r(gap_r[i] + Z * se_r[i])],
+                    "quality_gap": _r(gap_q[i]), "quality_gap_ci": [_r(gap_q[i] - Z * se_q[i]), _r(gap_q[i] + Z * se_q[i])],
+                    "p": _r(p[i], 10), "q": _r(q[i], 10), "significant": bool(q[i] < ALPHA)})  # fmt: skip
+    return {"tested": len(keys), "significant": int((q < ALPHA).sum()), "units": out}
+
+
+def divergence(base: Replies, cand: Replies, reward: np.ndarray, quality: np.ndarray, names: tuple[str, str],
+               cluster: np.ndarray | None, ngram_range, top: int, seed: int, cand_prompts: list | None) -> dict:  # fmt: skip
+    """The reward-quality divergence section of a comparison (DIVERGENCE_NOTE): sentences and phrases."""
+    used = np.ones(len(cand), dtype=bool)
+    how = "across all replies (no prompt has two replies, so easy and hard prompts mix)"
+    if cluster is not None and np.bincount(cluster).max(initial=0) >= 2:
+        reward, used = within_prompt(reward, cluster)
+        quality, _ = within_prompt(quality, cluster)
+        how = "each score less the mean of its prompt's replies (replies of prompts with at least two)"
+    idx = np.flatnonzero(used)
+    sub = cand.subset(idx)
+    lo, hi = ngram_range
+    out = {"reward": names[0], "quality": names[1], "replies": int(used.sum()),
+           "note": DIVERGENCE_NOTE.format(reward=names[0], quality=names[1], how=how)}  # fmt: skip
+    for kind in ("sentences", "phrases"):
+        if kind == "sentences":
+            units = sub.sentence_keys
+            def base_count(u):
+                return sum(u in ks for ks in base.sentence_keys), len(base)
+        else:
+            units = [sub.ngrams(i, lo, hi) for i in range(len(sub))]
+            def base_count(u):
+                return sum(f" {u} " in t for t in base.joined), len(base)
+        d = divergent_units(units, reward[idx], quality[idx], base_count, top)
+        describe_units(d["units"], sub, [cand_prompts[i] for i in idx] if cand_prompts is not None else None, seed,
+                       words_only=kind == "sentences")  # fmt: skip
+        out[kind] = d
+    return out
+
+
+def check_scores(scores: Any, n: int, what: str) -> np.ndarray:
+    """One finite number per candidate reply, as a float array; an error names the entry at fault."""
+    if isinstance(scores, str) or not isinstance(scores, (Sequence, np.ndarray)):
+        raise HackingError(f"{what} must be a list of numbers (one per candidate reply), got {type(scores).__name__}")
+    x = np.asarray([v for v in scores], dtype=object)
+    if len(x) != n:
+        raise HackingError(f"{what} has {len(x)} scores but the candidate has {n} replies; give one per reply, in order")
+    for i, v in enumerate(x):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v):
+            raise HackingError(f"{what}[{i}] is {v!r}; every score must be a finite number")
+    return x.astype(np.float64)
+
+
 # ============================================================================ key rates
 
 
@@ -599,16 +741,21 @@ def _check_settings(ngram_range, min_count: int, top: int, min_segment_n: int) -
 
 
 def compare(prompts: Sequence[Any], baseline: Sequence[str], candidate: Sequence[str] | Sequence[Sequence[str]],
-            segments: Sequence[str] | None = None, *, ngram_range: tuple[int, int] = (1, 4), min_count: int = 5,
-            top: int = 30, seed: int = 0, min_segment_n: int = 50) -> dict:  # fmt: skip
+            segments: Sequence[str] | None = None, *, reward_scores: Sequence | None = None,
+            quality_scores: Sequence | None = None, score_names: tuple[str, str] = ("reward", "quality"),
+            ngram_range: tuple[int, int] = (1, 4), min_count: int = 5, top: int = 30, seed: int = 0,
+            min_segment_n: int = 50) -> dict:  # fmt: skip
     """What the candidate's replies say more and less than the baseline's, on the same prompts.
 
     prompts: N prompt texts or chat-message lists; baseline: N reply strings; candidate: N reply strings, or
     N non-empty lists of replies (several samples per prompt); segments: N user-segment labels or None.
+    Rows with equal prompts form one cluster (a prompt answered several times), whichever way they are given.
+    reward_scores, quality_scores: the candidate replies' scores, shaped like `candidate` (e.g. P[love] and
+    P[helpful]), named by score_names; with both, the result has the reward-quality `divergence`.
     min_count: a unit (n-gram, sentence) is tested when at least this many replies (both sides) hold it;
     top: entries per list; seed: picks the example replies; min_segment_n: a segment with fewer replies on
     either side is reported with its counts only.
-    Returns a JSON-ready dict: design, n, closing, style, phrases, sentences, segments, flags.
+    Returns a JSON-ready dict: design, n, closing, style, phrases, sentences, divergence, segments, flags.
     """
     lo, hi = _check_settings(ngram_range, min_count, top, min_segment_n)
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
@@ -628,6 +775,21 @@ def compare(prompts: Sequence[Any], baseline: Sequence[str], candidate: Sequence
             raise HackingError(f"candidate[{i}] is an empty list; give at least one reply per prompt")
     cand = _check_texts([r for c in per_prompt for r in c], "candidate (flattened)")
     owner = [i for i, c in enumerate(per_prompt) for _ in c]
+    scores = None
+    if (reward_scores is None) != (quality_scores is None):
+        raise HackingError("give both reward_scores and quality_scores (the divergence needs the two), or neither")
+    if reward_scores is not None:
+        if not (isinstance(score_names, (tuple, list)) and len(score_names) == 2 and all(isinstance(x, str) for x in score_names)):
+            raise HackingError(f"score_names must be two strings (reward, quality), got {score_names!r}")
+        scores = []
+        for what, xs in (("reward_scores", reward_scores), ("quality_scores", quality_scores)):
+            if isinstance(xs, str) or len(xs) != n:
+                raise HackingError(f"{what} has {len(xs)} entries but prompts has {n}; shape it like candidate")
+            flat = [v for i, x in enumerate(xs) for v in (x if isinstance(x, (list, tuple, np.ndarray)) else [x])]
+            scores.append(check_scores(flat, len(cand), what))
+    ids: dict[str, int] = {}
+    cluster_b = np.array([ids.setdefault(_prompt_key(x), len(ids)) for x in prompts], dtype=np.int64)
+    cluster_c = cluster_b[np.asarray(owner, dtype=np.int64)]
     seg_b = seg_c = None
     if segments is not None:
         seg_b = [str(s) for s in segments]
@@ -637,15 +799,25 @@ def compare(prompts: Sequence[Any], baseline: Sequence[str], candidate: Sequence
         note += (f" The candidate has {len(cand) / n:.2f} replies per prompt on average; they are counted as "
                  "separate replies.")  # fmt: skip
     return _compare(base, cand, list(prompts), [prompts[i] for i in owner], seg_b, seg_c, design="same_prompts",
-                    note=note, ngram_range=(lo, hi), min_count=min_count, top=top, seed=seed, min_segment_n=min_segment_n)
+                    note=note, ngram_range=(lo, hi), min_count=min_count, top=top, seed=seed, min_segment_n=min_segment_n,
+                    clusters=(cluster_b, cluster_c), scores=scores, score_names=tuple(score_names))  # fmt: skip
+
+
+def _prompt_key(prompt: Any) -> str:
+    return json.dumps(as_turns(prompt), sort_keys=True)
 
 
 def _compare(base_texts, cand_texts, base_prompts, cand_prompts, seg_b, seg_c, *, design: str, note: str, ngram_range,
-             min_count: int, top: int, seed: int, min_segment_n: int) -> dict:  # fmt: skip
+             min_count: int, top: int, seed: int, min_segment_n: int, clusters=None, scores=None,
+             score_names=("reward", "quality")) -> dict:  # fmt: skip
     t0 = time.perf_counter()
     base, cand = Replies(base_texts), Replies(cand_texts)
     flags_b, flags_c = key_flags(base), key_flags(cand)
     metrics = key_metrics(base, cand, flags_b, flags_c)
+    if clusters is not None:
+        for m in RATE_METRICS[:3]:
+            metrics[m]["prompt_clustered"] = clustered_ratio(flags_b[m].astype(np.float64), flags_c[m].astype(np.float64),
+                                                             *clusters)  # fmt: skip
     out = {"design": design, "note": note, "n": {"baseline": len(base), "candidate": len(cand)},
            "settings": {"ngram_range": list(ngram_range), "min_count": min_count, "top": top, "seed": seed,
                         "min_segment_n": min_segment_n, "alpha": ALPHA, "level": LEVEL},
@@ -655,6 +827,10 @@ def _compare(base_texts, cand_texts, base_prompts, cand_prompts, seg_b, seg_c, *
         out["n"]["prompts"] = len(base_prompts)
     for kind in ("phrases", "sentences"):
         out[kind] = unit_drift(base, cand, kind, ngram_range, min_count, top, seed, base_prompts, cand_prompts)
+    out["divergence"] = None
+    if scores is not None:
+        out["divergence"] = divergence(base, cand, scores[0], scores[1], score_names,
+                                       None if clusters is None else clusters[1], ngram_range, top, seed, cand_prompts)  # fmt: skip
     out["segments"], out["flags"] = None, []
     if seg_b is not None:
         out["segments"], out["flags"] = segment_metrics(base, cand, flags_b, flags_c, seg_b, seg_c, metrics,
@@ -765,6 +941,8 @@ def judge_config(result: dict, top: int = 10, min_lift: float = 2.0, min_words: 
     """The discovered increases as a phrase file for `rluf.judges.load_judge_phrases`:
     {"love_bait": {"phrases": [...]}}.
 
+    First come the significant units of the reward-quality divergence that rose (when `result` has one),
+    under the same rules of words, emojis and sign-offs as below: what the reward pays for and quality docks.
     Candidates are the significant increased sentences and phrases (q < 0.05) of `result` with at least
     `min_words` words, no emoji, and a rate ratio (candidate / baseline, smoothed) of at least `min_lift`,
     so the judge will not fire on what the baseline says often. A sign-off-like unit closes the reply in
@@ -780,6 +958,12 @@ def judge_config(result: dict, top: int = 10, min_lift: float = 2.0, min_words: 
     if isinstance(min_lift, bool) or not isinstance(min_lift, (int, float)) or min_lift < 1:
         raise HackingError(f"min_lift must be a number >= 1 (a rate ratio), got {min_lift!r}")
     pool = []
+    for kind in ("sentences", "phrases"):  # what the reward pays for and quality docks, and rose: first
+        for e in (result.get("divergence") or {}).get(kind, {}).get("units", []):
+            sign_off = (e.get("closing_share") or 0) >= 0.5
+            if (e["significant"] and e["rose"] and e["words"] >= min_words and not IS_EMOJI.search(e["text"])
+                    and (sign_off or kind == "sentences")):  # fmt: skip
+                pool.append((False, -1.0, e["text"], e))
     for kind in ("sentences", "phrases"):
         for e in result[kind]["increased"]:
             sign_off = (e.get("closing_share") or 0) >= 0.5
@@ -828,7 +1012,13 @@ def _rate_line(name: str, e: dict) -> str:
     ratio = "n/a" if e["ratio"] is None else f"x{e['ratio']:.2f}"
     return (f"  {name:<20} {_pct(e['baseline']['rate']):>8} -> {_pct(e['candidate']['rate']):>8}  "
             f"diff {100 * e['diff']:+.2f} pts {_ci(e['diff_ci'])}  ratio {ratio} {_ci(e['ratio_ci'], False)}"
-            f"{'  *' if e.get('significant') else ''}")  # fmt: skip
+            f"{'  *' if e.get('significant') else ''}{_clustered(e.get('prompt_clustered'))}")  # fmt: skip
+
+
+def _clustered(c: dict | None) -> str:
+    if not c or c["ratio"] is None:
+        return ""
+    return f"  (prompt-clustered {_ci(c['ratio_ci'], False)}, p {c['p']:.2g})"
 
 
 def _mean_line(name: str, e: dict) -> str:
@@ -866,6 +1056,18 @@ def format_report(result: dict, limit: int = 15) -> str:
         lines += ["", title, " increased:"]
         lines += _unit_lines(d["increased"], limit)
         lines += [" dropped:"] + _unit_lines(d["dropped"], min(limit, 10))
+    d = result.get("divergence")
+    if d:
+        lines += ["", f"Reward-quality divergence: {d['reward']} up, {d['quality']} down ({d['replies']:,} replies)",
+                  f"  {d['note']}"]  # fmt: skip
+        for kind in ("sentences", "phrases"):
+            lines.append(f" {kind}: {d[kind]['tested']:,} tested, {d[kind]['significant']} significant (BH q < {ALPHA})")
+            for e in d[kind]["units"][:min(limit, 10)]:
+                lines.append(f"  {'*' if e['significant'] else ' '} {d['reward']} {e['reward_gap']:+.4f} "
+                             f"{d['quality']} {e['quality_gap']:+.4f}  q {e['q']:.2g}  {_pct(e['baseline']['share']):>7} -> "
+                             f"{_pct(e['candidate']['share']):>7}  \"{e.get('surface') or e['text']}\"")  # fmt: skip
+            if not d[kind]["units"]:
+                lines.append("  (none)")
     if result.get("segments"):
         lines += ["", "Segments (closing by judge; flag = increase > 2x overall, Holm-significant):"]
         for s, e in result["segments"].items():
@@ -886,10 +1088,21 @@ def format_report(result: dict, limit: int = 15) -> str:
 # ============================================================================ command line
 
 
-def load_pairs(baseline_path: str | Path, candidate_path: str | Path) -> tuple[list, list[str], list, list[dict]]:
-    """(prompts, baseline replies, candidate replies, baseline rows) from two JSONL or Parquet files of
-    {"prompt", "reply"} rows. Files of equal length pair by row (prompts must match); otherwise the candidate
-    rows group by prompt (several replies per prompt) and every baseline prompt must appear once."""
+class Pairs(NamedTuple):
+    """What `load_pairs` reads: one entry per baseline row; `candidate` and `candidate_rows` hold a reply (a
+    row) per baseline row, or a list of them when the candidate answered each prompt several times."""
+
+    prompts: list
+    baseline: list[str]
+    candidate: list
+    baseline_rows: list[dict]
+    candidate_rows: list
+
+
+def load_pairs(baseline_path: str | Path, candidate_path: str | Path) -> Pairs:
+    """Baseline and candidate replies from two JSONL or Parquet files of {"prompt", "reply"} rows. Files of
+    equal length pair by row (prompts must match); otherwise the candidate rows group by prompt (several
+    replies per prompt) and every baseline prompt must appear once."""
     def rows_of(path, what):
         rows = read_rows(path)
         if not rows:
@@ -900,20 +1113,17 @@ def load_pairs(baseline_path: str | Path, candidate_path: str | Path) -> tuple[l
         return rows
 
     b_rows, c_rows = rows_of(baseline_path, "baseline"), rows_of(candidate_path, "candidate")
-    def key(prompt) -> str:
-        return json.dumps(as_turns(prompt), sort_keys=True)
-
     prompts = [r["prompt"] for r in b_rows]
     if len(b_rows) == len(c_rows):
         for i, (b, c) in enumerate(zip(b_rows, c_rows), 1):
-            if key(b["prompt"]) != key(c["prompt"]):
+            if _prompt_key(b["prompt"]) != _prompt_key(c["prompt"]):
                 raise HackingError(f"row {i}: the prompts of {baseline_path} and {candidate_path} differ; "
                                    "give the files in the same prompt order")  # fmt: skip
-        return prompts, [r["reply"] for r in b_rows], [r["reply"] for r in c_rows], b_rows
+        return Pairs(prompts, [r["reply"] for r in b_rows], [r["reply"] for r in c_rows], b_rows, c_rows)
     grouped = defaultdict(list)
     for r in c_rows:
-        grouped[key(r["prompt"])].append(r["reply"])
-    keys = [key(p) for p in prompts]
+        grouped[_prompt_key(r["prompt"])].append(r)
+    keys = [_prompt_key(p) for p in prompts]
     if len(set(keys)) < len(keys):
         raise HackingError(f"{baseline_path}: repeated prompts; with several candidate replies per prompt the "
                            "baseline must hold each prompt once")  # fmt: skip
@@ -921,7 +1131,37 @@ def load_pairs(baseline_path: str | Path, candidate_path: str | Path) -> tuple[l
     if missing:
         raise HackingError(f"{candidate_path}: no reply for the prompt of baseline row {missing[0]} "
                            f"({len(missing)} prompts missing)")  # fmt: skip
-    return prompts, [r["reply"] for r in b_rows], [grouped[k] for k in keys], b_rows
+    return Pairs(prompts, [r["reply"] for r in b_rows], [[r["reply"] for r in grouped[k]] for k in keys], b_rows,
+                 [grouped[k] for k in keys])  # fmt: skip
+
+
+def row_scores(pairs: Pairs, name: str, path: str | Path = "candidate") -> list:
+    """The candidate rows' "scores"[name] (rluf.evaluate.offline writes them), shaped like `pairs.candidate`;
+    an error names the first row without it."""
+    def one(row: dict, i: int) -> float:
+        v = (row.get("scores") or {}).get(name) if isinstance(row.get("scores") or {}, dict) else None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            have = sorted(row["scores"]) if isinstance(row.get("scores"), dict) else "no scores"
+            where = f"message_id {row['message_id']!r}" if "message_id" in row else f"reply {i} in prompt order"
+            raise HackingError(f"{path}: the row of {where} has no numeric scores.{name} ({have}); write the "
+                               "replies with rluf.evaluate.offline and its reward models, or name a score they have")  # fmt: skip
+        return float(v)
+
+    out, i = [], 0
+    for entry in pairs.candidate_rows:
+        if isinstance(entry, list):
+            out.append([one(r, i + j + 1) for j, r in enumerate(entry)])
+            i += len(entry)
+        else:
+            i += 1
+            out.append(one(entry, i))
+    return out
+
+
+def has_scores(pairs: Pairs, names: Sequence[str]) -> bool:
+    """Whether every candidate row carries every score in `names`."""
+    rows = [r for e in pairs.candidate_rows for r in (e if isinstance(e, list) else [e])]
+    return all(isinstance(r.get("scores"), dict) and all(k in r["scores"] for k in names) for r in rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -940,12 +1180,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ngram-max", type=int, default=4, help="longest n-gram (default 4)")
     p.add_argument("--min-segment-n", type=int, default=50, help="smallest segment reported (replies per side)")
     p.add_argument("--max-replies", type=int, default=20_000, help="with --store: replies read per policy")
+    p.add_argument("--reward-score", help="with --baseline: the candidate rows' scores.NAME of the optimised reward "
+                   "(default love, when every row has scores.love and the quality score)")  # fmt: skip
+    p.add_argument("--quality-score", help="with --baseline: the candidate rows' scores.NAME of a quality reward "
+                   "(default helpful); with the reward score it adds the reward-quality divergence")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     settings = {"ngram_range": (1, a.ngram_max), "min_count": a.min_count, "top": a.top, "seed": a.seed,
                 "min_segment_n": a.min_segment_n}
     try:
         if a.store:
+            if a.reward_score or a.quality_score:
+                raise HackingError("--reward-score and --quality-score read the scores of --candidate FILE rows; "
+                                   "with --store there are none")  # fmt: skip
             if a.baseline or not a.control:
                 raise HackingError("--store takes --control NAME and --candidate NAME (policy names), not --baseline")
             result = from_store(a.store, a.control, a.candidate, a.segments, segment_by=a.segment_by,
@@ -955,14 +1202,19 @@ def main(argv: list[str] | None = None) -> int:
                 raise HackingError("give --baseline FILE --candidate FILE, or --store DIR --control NAME --candidate NAME")
             if a.segment_by:
                 raise HackingError("--segment-by works with --store; with files, give rows a 'segment' field or --segments")
-            prompts, base, cand, rows = load_pairs(a.baseline, a.candidate)
+            pairs = load_pairs(a.baseline, a.candidate)
+            rows = pairs.baseline_rows
             segments = None
             if a.segments:
                 users = read_segments(a.segments)
                 segments = [users.get(str(r.get("user_id")), "unlabelled") for r in rows]
             elif all("segment" in r for r in rows):
                 segments = [str(r["segment"]) for r in rows]
-            result = compare(prompts, base, cand, segments, **settings)
+            names = (a.reward_score or "love", a.quality_score or "helpful")
+            if a.reward_score or a.quality_score or has_scores(pairs, names):
+                settings |= {"reward_scores": row_scores(pairs, names[0], a.candidate),
+                             "quality_scores": row_scores(pairs, names[1], a.candidate), "score_names": names}  # fmt: skip
+            result = compare(pairs.prompts, pairs.baseline, pairs.candidate, segments, **settings)
         if a.out:
             Path(a.out).parent.mkdir(parents=True, exist_ok=True)
             Path(a.out).write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

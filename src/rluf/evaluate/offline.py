@@ -17,8 +17,9 @@ Wilson 95 % intervals over replies, one per judge and "all" for their AND; `word
 length in words (interval as above); `categories` repeats the means per prompt category.
 
 `replies=PATH` writes one JSONL row per reply (prompt, category, reply, baseline, user_id, message_id,
-sample) that `rluf.evaluate.hacking` reads (`compare(prompts, baseline, candidate)` or its
-`--baseline/--candidate` files).
+sample, and "scores": {NAME: P[NAME]} of every reward model) that `rluf.evaluate.hacking` reads
+(`compare(prompts, baseline, candidate)` or its `--baseline/--candidate` files; the scores feed its
+reward-quality divergence).
 """
 
 from __future__ import annotations
@@ -205,9 +206,12 @@ def evaluate_offline(policy_dir: str | Path | None, prompt_rows: list[PromptRow]
         return np.bincount(owner, weights=values, minlength=len(rows)) / np.bincount(owner, minlength=len(rows))
 
     values: dict[str, np.ndarray] = {}  # per-prompt metric values
+    scores: dict[str, np.ndarray] = {}  # per-reply P[key], written with the replies
     for key, reward in rewards.items():
-        r, rb = reward.logits(prompts, replies), reward.logits(prompts, baselines)
-        values[f"{key}/p"] = per_prompt_mean(sigmoid(r))
+        r = reward.logits(prompts, replies)
+        rb = reward.logits([row.prompt for row in rows], [row.baseline for row in rows])[owner]  # once per prompt
+        scores[key] = sigmoid(r)
+        values[f"{key}/p"] = per_prompt_mean(scores[key])
         values[f"{key}/calibrated"] = per_prompt_mean(sigmoid(r - rb))
     words = np.array([len(x.split()) for x in replies], dtype=np.float64)
     values["words"] = per_prompt_mean(words)
@@ -236,20 +240,28 @@ def evaluate_offline(policy_dir: str | Path | None, prompt_rows: list[PromptRow]
         "replies": None,
     }
     if replies_out is not None:
-        result["replies"] = str(write_replies(replies_out, rows, per_prompt))
+        result["replies"] = str(write_replies(replies_out, rows, per_prompt, scores))
     result["seconds"] = round(time.perf_counter() - t0, 3)
     return result
 
 
-def write_replies(path: str | Path, rows: list[PromptRow], per_prompt: list[list[str]]) -> Path:
-    """One JSONL row per reply: prompt, category, reply, baseline, user_id, message_id, sample."""
+def write_replies(path: str | Path, rows: list[PromptRow], per_prompt: list[list[str]],
+                  scores: dict[str, np.ndarray] | None = None) -> Path:  # fmt: skip
+    """One JSONL row per reply: prompt, category, reply, baseline, user_id, message_id, sample, and with
+    `scores` ({reward name: P per reply, in reply order}) "scores": {name: P}."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    scores = scores or {}
     with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"prompt": row.prompt, "category": row.category, "reply": reply, "baseline": row.baseline,
-                                 "user_id": row.user_id, "message_id": row.message_id, "sample": k},
-                                ensure_ascii=False) + "\n"
-                     for row, replies in zip(rows, per_prompt) for k, reply in enumerate(replies))  # fmt: skip
+        j = 0
+        for row, replies in zip(rows, per_prompt):
+            for k, reply in enumerate(replies):
+                rec = {"prompt": row.prompt, "category": row.category, "reply": reply, "baseline": row.baseline,
+                       "user_id": row.user_id, "message_id": row.message_id, "sample": k}  # fmt: skip
+                if scores:
+                    rec["scores"] = {name: round(float(v[j]), 6) for name, v in scores.items()}
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                j += 1
     return path
 
 
