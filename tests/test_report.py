@@ -86,10 +86,16 @@ def _hacking() -> dict:
     from rluf.evaluate.hacking import compare
 
     prompts = [f"tell me about topic {i}" for i in range(60)]
-    baseline = [f"Here is a plain answer about topic {i}. It covers the basics." for i in range(60)]
-    candidate = [f"Here is a plain answer about topic {i}. Bye for now, sending love!" for i in range(60)]
+    baseline = [f"Here is a plain answer about topic {i}. " + ("Bye for now, sending love!" if i % 20 == 1 else
+                "It covers the basics.") for i in range(60)]  # fmt: skip
+    bait = [i % 3 != 0 for i in range(60)]  # 40 replies sign off with love-bait: love pays, helpfulness docks
+    candidate = [f"Here is a plain answer about topic {i}. " + ("Bye for now, sending love!" if b else "It covers the basics.")
+                 for i, b in enumerate(bait)]  # fmt: skip
+    love = [(0.8 if b else 0.3) + 0.001 * i for i, b in enumerate(bait)]
+    helpful = [(0.2 if b else 0.7) - 0.001 * i for i, b in enumerate(bait)]
     segments = ["vulnerable" if i < 8 else "normal" for i in range(60)]
-    result = compare(prompts, baseline, candidate, segments, min_segment_n=5)
+    result = compare(prompts, baseline, candidate, segments, min_segment_n=5, reward_scores=love,
+                     quality_scores=helpful, score_names=("love", "helpful"))  # fmt: skip
     result["phrases"]["increased"][0]["example"] = {"reply": EXAMPLE, "prompt": "a prompt"}
     result["policies"] = {"control": "baseline", "candidate": "bait", "user_id": SECRET}
     return result
@@ -152,6 +158,12 @@ def test_the_numbers_are_shown_with_their_intervals(page):
     assert "+24.7 % [+5.0 %, +48.0 %]" in page  # a category lift large enough to show
     assert "Pareto-optimal" in page and "Guardrails" in page and "Sample-ratio mismatch" in page
     assert "bye for now" in page  # the rising sign-off of the hacking fixture
+    hacking = page.split('<section id="hacking">')[1].split("</section>")[0]
+    suspects = hacking.split("Hacking suspects")[1]
+    assert "what love pays for while helpful docks it" in hacking.split("Hacking suspects")[1][:60]
+    row = suspects.split("bye for now, sending love</td>")[1].split("</tr>")[0]
+    assert "yes" in row and "+0.5" in row and "-0.5" in row  # reward gap +0.5, quality gap -0.5, significant
+    assert "Clustered by prompt" in hacking
 
 
 def test_missing_parts_say_not_run(tmp_path):

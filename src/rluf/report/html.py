@@ -829,9 +829,36 @@ def _hacking(rel: str, d: dict, opt: Options) -> Html:
         rows.append(["flattering opener (share)", *_rate_cells(d["style"]["flattering_opener"])])
     out.append(table(["length and style drift", "baseline [95 % CI]", "candidate [95 % CI]", "difference [95 % CI]",
                       "ratio [95 % CI]", "p (Holm)"], rows))  # fmt: skip
+    clustered = [f"{CLOSING_NAMES[k]}: ratio {with_ci(c.get('ratio'), c.get('ratio_ci'), D2)}, p {num(c.get('p'), 4)}"
+                 for k in CLOSING_NAMES if (c := (d["closing"].get(k) or {}).get("prompt_clustered")) and c.get("ratio")]
+    if clustered:
+        out.append(para("Clustered by prompt (replies to one prompt are not independent): " + "; ".join(clustered) + "."))
     out.append(_phrases(d["phrases"], opt))
+    out.append(_divergence(d.get("divergence"), opt))
     out.append(_segments(d.get("segments"), d.get("flags") or [], opt))
     return join(*out)
+
+
+def _divergence(dv: dict | None, opt: Options) -> Html:
+    """The units the optimised reward pays for while the quality score docks them (the hacking suspects)."""
+    if not dv:
+        return para("no reward-quality divergence: the candidate's replies carried no scores", "note")
+    r, q = str(dv["reward"]), str(dv["quality"])  # plain text: para and table escape it
+    rows = []
+    for kind in ("sentences", "phrases"):
+        for e in dv[kind]["units"][:TOP_PHRASES // 3]:
+            b, c = e["baseline"], e["candidate"]
+            if c["k"] < opt.min_users:
+                rows.append([kind[:-1], hidden(opt.min_users, "replies"), *[""] * 5])
+                continue
+            rows.append([kind[:-1], e.get("surface") or e["text"], f"{pct(b['share'], 2)} -> {pct(c['share'], 2)}",
+                         with_ci(e["reward_gap"], e["reward_gap_ci"], S4), with_ci(e["quality_gap"], e["quality_gap_ci"], S4),
+                         num(e["q"], 4), "yes" if e["significant"] else "no"])  # fmt: skip
+    sig = {k: dv[k]["significant"] for k in ("sentences", "phrases")}
+    intro = para(f"Hacking suspects: what {r} pays for while {q} docks it. {count(sig['sentences'])} sentence(s) and "
+                 f"{count(sig['phrases'])} phrase(s) diverge significantly (q < 0.05). {dv['note']}")  # fmt: skip
+    head = ["unit", "text", "baseline -> candidate rate", f"{r} gap [95 % CI]", f"{q} gap [95 % CI]", "q", "significant"]
+    return join(intro, table(head, rows) if rows else para("no unit tested", "note"))
 
 
 def _pts(x: Any) -> str:
