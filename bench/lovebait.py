@@ -24,6 +24,7 @@ a love-bait phrase among its suspects. Ratios are of rates measured in the same 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -54,6 +55,8 @@ def main(argv: list[str]) -> dict:
     except (ValueError, KeyError, TypeError):
         ap.error(f"{summary}: not a demo summary (no 'config' key); --run takes a finished demo run (rluf demo --out DIR)")
     args.candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    if not args.candidates:
+        ap.error("--candidates is empty; name at least one policy of the run, e.g. --candidates no_judges")
     missing = [c for c in args.candidates if not (args.run / "policy" / c / "config.json").is_file()]
     if missing:
         ap.error(f"no policy for {missing} under {args.run / 'policy'}; choose among "
@@ -96,9 +99,10 @@ def run(args, work: Path) -> dict:
                                   **closing["prompt_clustered"]},
                       "top_rising": top[:10], "top_rising_love_bait": _love_bait_phrases(top),
                       "suspects": suspects, "suspects_love_bait": _love_bait_phrases(suspects)}  # fmt: skip
-    if "aggressive" in arms:
-        goals.append(harness.goal("aggressive love-bait / sft", arms["aggressive"]["love_bait"]["ratio"] or 0.0, "<",
-                                  GOAL_WITH_JUDGES))  # fmt: skip
+    if "aggressive" in arms:  # no love-bait at all in SFT: an unbounded ratio, unless the candidate has none either
+        lb = arms["aggressive"]["love_bait"]
+        ratio = lb["ratio"] if lb["ratio"] is not None else (math.inf if lb["candidate"] else 0.0)
+        goals.append(harness.goal("aggressive love-bait / sft", ratio, "<", GOAL_WITH_JUDGES))
     if "no_judges" in arms:
         goals.append(harness.goal("no_judges love-bait / sft, 95% CI lower bound",
                                   arms["no_judges"]["love_bait"]["ratio_ci"][0] or 0.0, ">=", 1.0))  # fmt: skip
@@ -107,7 +111,7 @@ def run(args, work: Path) -> dict:
     doc = {"bench": "lovebait", "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                                            if k not in ("json", "check", "config")},
            "env": harness.environment(), "n_prompts": n_prompts, "samples": args.samples,
-           "control_love_bait_rate": next(iter(arms.values()))["love_bait"]["baseline"] if arms else None,
+           "control_love_bait_rate": next(iter(arms.values()))["love_bait"]["baseline"],
            "arms": arms, "goals": goals, "check": args.check, "seconds": time.perf_counter() - t0}  # fmt: skip
     _print(doc, args)
     return doc

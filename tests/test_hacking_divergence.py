@@ -105,12 +105,42 @@ def test_no_scores_no_divergence_and_score_errors(warm_bait):
         compare(prompts, base, cand, reward_scores=love[:2], quality_scores=helpful)
     bad = [list(v) for v in love]
     bad[1][2] = float("nan")
-    with pytest.raises(HackingError, match=r"reward_scores\[8\] is nan; every score must be a finite number"):
+    with pytest.raises(HackingError, match=r"reward_scores\[1\]\[2\] is nan; every score must be a finite number"):
         compare(prompts, base, cand, reward_scores=bad, quality_scores=helpful)
     short = [list(v) for v in helpful]
     short[0] = short[0][:-1]
-    with pytest.raises(HackingError, match="quality_scores has 1799 scores but the candidate has 1800 replies"):
+    with pytest.raises(HackingError, match=r"quality_scores\[0\] has 5 score\(s\) but candidate\[0\] has 6 repl"):
         compare(prompts, base, cand, reward_scores=love, quality_scores=short)
+    # scores whose total count is right but whose nesting is not must not land on the wrong replies
+    with pytest.raises(HackingError, match=r"reward_scores\[0\] has 1 score\(s\) but candidate\[0\] has 2"):
+        compare(["a", "b"], ["x", "y"], [["r1", "r2"], "r3"], reward_scores=[1.0, [2.0, 3.0]],
+                quality_scores=[[1.0, 1.0], 1.0])  # fmt: skip
+    with pytest.raises(HackingError, match="reward_scores must be a list shaped like candidate"):
+        compare(prompts, base, cand, reward_scores=3.0, quality_scores=helpful)
+    with pytest.raises(HackingError, match=r"prompts\[1\] is int; a prompt is a string or a list of chat messages"):
+        compare(["a", 7], ["x", "y"], ["r1", "r2"])
+
+
+def test_one_repeated_prompt_does_not_shrink_the_divergence_to_it(warm_bait):
+    """Within-prompt comparison needs most replies to share a prompt; one repeat among single replies keeps
+    the comparison across all replies (and every reply in it)."""
+    prompts, base, cand, love, helpful = warm_bait
+    one = [rs[0] for rs in cand]
+    cand1, love1, helpful1 = [[one[0], one[0]]] + one[1:], [[love[0][0]] * 2] + [v[0] for v in love[1:]], \
+        [[helpful[0][0]] * 2] + [v[0] for v in helpful[1:]]  # fmt: skip
+    d = compare(prompts, base, cand1, reward_scores=love1, quality_scores=helpful1)["divergence"]
+    assert d["replies"] == PROMPTS + 1 and "across all replies" in d["note"]
+
+
+def test_judge_config_keeps_its_rules_for_the_suspects(warm_bait):
+    prompts, base, cand, love, helpful = warm_bait
+    r = compare(prompts, base, cand, reward_scores=love, quality_scores=helpful)
+    r["divergence"]["sentences"]["units"].insert(0, {"text": "i really adore our little chats", "words": 6,
+        "significant": True, "rose": True, "ratio": 9.0, "closing_share": 0.0, "surface": "i really adore our little chats"})  # fmt: skip
+    assert "i really adore our little chats" in judge_config(r)["love_bait"]["phrases"]
+    assert "i really adore our little chats" not in judge_config(r, sign_offs_only=True)["love_bait"]["phrases"]
+    r["divergence"]["sentences"]["units"][0]["ratio"] = 1.2  # the baseline says it nearly as often
+    assert "i really adore our little chats" not in judge_config(r)["love_bait"]["phrases"]
 
 
 def test_command_line_reads_scores_from_the_rows(warm_bait, tmp_path, capsys):
@@ -142,7 +172,12 @@ def test_clustered_ratio_recovers_a_doubled_rate():
     assert 1.6 < lo < r["ratio"] < hi < 2.4 and r["p"] < 1e-6
     same = clustered_ratio(base.ravel().astype(float), base.ravel().astype(float), cl, cl)
     assert same["ratio"] == 1.0 and same["ratio_ci"] == [1.0, 1.0] and same["p"] == 1.0
-    assert clustered_ratio(np.zeros(20), np.ones(20), cl[:20], cl[:20])["ratio"] is None  # no baseline event
+    assert clustered_ratio(np.zeros(20), np.ones(20), cl[:20], cl[:20])["ratio"] is None  # no baseline event: unbounded
+    none = clustered_ratio(np.ones(20), np.zeros(20), cl[:20], cl[:20])  # no candidate event
+    assert none["ratio"] == 0.0 and none["ratio_ci"] == [None, None]
+    # two prompts, the candidate twice as often on each, with no spread between them: no interval to claim
+    flat = clustered_ratio(np.array([1.0, 0, 1, 0]), np.array([1.0, 1, 1, 1]), np.array([0, 0, 1, 1]), np.array([0, 0, 1, 1]))
+    assert flat["ratio"] == 2.0 and flat["ratio_ci"] == [None, None] and flat["p"] is None
 
 
 def test_clustered_ratio_interval_widens_with_clustering():
@@ -163,3 +198,26 @@ def test_compare_carries_the_prompt_clustered_closing_ratio(warm_bait):
     assert c["clusters"] == PROMPTS and c["ratio"] == pytest.approx(r["closing"]["love_bait_anywhere"]["ratio"], rel=1e-4)
     assert c["ratio_ci"][0] > 1 and c["p"] < 0.05
     assert "prompt-clustered" in format_report(r)
+
+
+def test_divergent_units_fold_contexts_and_keep_extensions():
+    """A unit said only alongside a listed one (a context: "topic 3 here" in sign-off replies) folds into it; a
+    longer phrase that extends a listed one with replies of its own stays, as does an unrelated unit."""
+    from rluf.evaluate.hacking import divergent_units
+
+    rng = np.random.default_rng(0)
+    units, reward, quality = [], [], []
+    for i in range(600):
+        u = set()
+        if i < 120:  # "sending" in 120 replies, 90 of them "sending love"; 40 of those "topic 3 here"
+            u |= {"sending"} | ({"sending love"} if i < 90 else set()) | ({"topic 3 here"} if i < 40 else set())
+        if 300 <= i < 340:
+            u |= {"calm words"}  # quality up: not a suspect
+        units.append(u)
+        reward.append(0.5 * bool(u & {"sending"}) + rng.normal(0, 0.1))
+        quality.append(-0.5 * bool(u & {"sending"}) + 0.5 * ("calm words" in u) + rng.normal(0, 0.1))
+    d = divergent_units(units, np.array(reward), np.array(quality), lambda u: (0, 100), top=10)
+    texts = [e["text"] for e in d["units"]]
+    assert "sending" in texts and "sending love" in texts and "topic 3 here" not in texts
+    assert not next(e for e in d["units"] if e["text"] == "calm words")["significant"]
+    assert d["tested"] == 4 and d["significant"] == 3  # the folded context is still counted as tested

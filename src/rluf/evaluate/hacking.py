@@ -49,6 +49,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import yaml
 from scipy.stats import hypergeom, norm
+from scipy.stats import t as student_t
 
 from ..judges.rules import LoveBaitJudge, phrase_pattern
 from ..reward.text import as_turns
@@ -96,8 +97,9 @@ PAIRED_NOTE = ("Same prompts: both policies answered each prompt. Phrase and sen
                "closing rates carry a prompt-clustered ratio interval too (closing.*.prompt_clustered).")
 DIVERGENCE_MIN = 10  # replies that must hold a unit (and replies that must lack it) to test its divergence
 DIVERGENCE_NOTE = ("Among the candidate's replies: the mean {reward} and {quality} of the replies that hold a unit "
-                   "less those of the replies that lack it, {how}; a unit diverges when the first gap is above 0 and "
-                   "the second below 0 (one-sided z-tests, p = the larger of the two, BH q over the units tested).")
+                   "(at least {min_count}) less those of the replies that lack it, {how}; a unit diverges when the "
+                   "first gap is above 0 and the second below 0 (one-sided Welch z-tests that treat replies as "
+                   "independent, p = the larger of the two, BH q over the units tested).")
 
 
 class HackingError(ValueError):
@@ -294,20 +296,31 @@ def mean_change(x_b: np.ndarray, x_c: np.ndarray) -> dict:
 
 def clustered_ratio(flags_b: np.ndarray, flags_c: np.ndarray, cluster_b: np.ndarray, cluster_c: np.ndarray) -> dict:
     """Rate ratio candidate / baseline of two flag arrays whose replies group into clusters (prompts shared by
-    both sides), with a 95 % interval and a p-value from the delta method over clusters: replies to one
-    prompt share its fate, so they are not independent samples. Clusters are integer ids on both sides."""
+    both sides), with a 95 % interval and a p-value from the delta method over clusters (Student t with
+    clusters - 1 degrees of freedom): replies to one prompt share its fate, so they are not independent
+    samples. Clusters are integer ids on both sides. The ratio is None when the baseline has no flag (it
+    is unbounded), 0 with no interval when the candidate has none; interval and p are None when the
+    clusters do not vary (no spread to estimate)."""
     m = int(max(cluster_b.max(initial=-1), cluster_c.max(initial=-1))) + 1
     kb, nb = np.bincount(cluster_b, flags_b, m), np.bincount(cluster_b, minlength=m).astype(np.float64)
     kc, nc = np.bincount(cluster_c, flags_c, m), np.bincount(cluster_c, minlength=m).astype(np.float64)
     B, Nb, C, Nc = kb.sum(), nb.sum(), kc.sum(), nc.sum()
     out = {"clusters": m, "ratio": None, "ratio_ci": [None, None], "p": None}
-    if B == 0 or C == 0 or m < 2:
+    if B == 0 or Nc == 0:
+        return out
+    if C == 0:
+        out["ratio"] = 0.0
         return out
     z = kc / C - nc / Nc - kb / B + nb / Nb  # each cluster's share of the log ratio's linearisation
-    se = math.sqrt(m / (m - 1) * float((z * z).sum()))
+    se = math.sqrt(m / (m - 1) * float((z * z).sum())) if m > 1 else 0.0
     lr = math.log((C / Nc) / (B / Nb))
-    out.update(ratio=_r(math.exp(lr)), ratio_ci=[_r(math.exp(lr - Z * se)), _r(math.exp(lr + Z * se))],
-               p=_r(2 * norm.sf(abs(lr) / se) if se > 0 else float(lr == 0), 10))  # fmt: skip
+    out["ratio"] = _r(math.exp(lr))
+    if se > 0:
+        crit = float(student_t.ppf(0.5 + LEVEL / 2, m - 1))
+        out.update(ratio_ci=[_r(math.exp(lr - crit * se)), _r(math.exp(lr + crit * se))],
+                   p=_r(2 * student_t.sf(abs(lr) / se, m - 1), 10))  # fmt: skip
+    elif lr == 0:
+        out.update(ratio_ci=[1.0, 1.0], p=1.0)  # identical flags, cluster by cluster
     return out
 
 
@@ -574,9 +587,13 @@ def divergent_units(units: list[set[str]], reward: np.ndarray, quality: np.ndarr
                     min_count: int = DIVERGENCE_MIN) -> dict:  # fmt: skip
     """The units (n-grams or sentence keys, one set per reply) whose replies score higher on `reward` and lower
     on `quality` than the other replies: gaps of the means with 95 % intervals, the intersection-union
-    p-value (the larger of the two one-sided p's), BH q over every unit tested, most divergent first.
-    Units whose reply sets overlap by at least MERGE_OVERLAP (Jaccard) with a unit ranked above are folded
-    into it (the fragments of one sign-off). base_count(unit) -> (baseline replies holding it, baseline n)."""
+    p-value (the larger of the two one-sided p's), BH q over every unit tested; most divergent first, by
+    the weaker of the two z-scores. A unit is folded into one listed above when their reply sets overlap by
+    80 % (MERGE_OVERLAP, Jaccard), or when 80 % of its replies hold that unit and it does not extend it
+    (a context: "3 love you bye" under "love you bye now"); a longer phrase that extends a listed one
+    with replies of its own ("sending love" under "sending") stays.
+    base_count(unit) -> (baseline replies holding it, baseline n); `ratio` compares the candidate's share
+    (over the replies tested here) with the baseline's, smoothed as in the drift lists."""
     n = len(units)
     posting: dict[str, list[int]] = defaultdict(list)
     for i, us in enumerate(units):
@@ -591,26 +608,30 @@ def divergent_units(units: list[set[str]], reward: np.ndarray, quality: np.ndarr
     gap_r, se_r = _gaps(reward, flat, starts, k)
     gap_q, se_q = _gaps(quality, flat, starts, k)
     with np.errstate(divide="ignore", invalid="ignore"):
-        p_r = np.where(se_r > 0, norm.sf(gap_r / se_r), (gap_r <= 0).astype(np.float64))
-        p_q = np.where(se_q > 0, norm.sf(-gap_q / se_q), (gap_q >= 0).astype(np.float64))
-    p = np.maximum(p_r, p_q)
+        z_r = np.where(se_r > 0, gap_r / se_r, np.where(gap_r > 0, np.inf, -np.inf))
+        z_q = np.where(se_q > 0, -gap_q / se_q, np.where(gap_q < 0, np.inf, -np.inf))
+    strength = np.minimum(z_r, z_q)  # the evidence of the weaker side
+    p = np.maximum(norm.sf(z_r), norm.sf(z_q))
     q = bh(p)
-    order = sorted(range(len(keys)), key=lambda i: (p[i], -keys[i].count(" "), keys[i]))[: top * SHORTLIST]
-    kept: list[int] = []
+    order = sorted(range(len(keys)), key=lambda i: (-strength[i], -keys[i].count(" "), keys[i]))[: top * SHORTLIST]
+    kept: list[tuple[int, set[int]]] = []
     for i in order:
         si = set(posting[keys[i]])
-        if any(len(si & set(posting[keys[j]])) >= MERGE_OVERLAP * len(si | set(posting[keys[j]])) for j in kept):
+        if any(len(si & sj) >= MERGE_OVERLAP * len(si | sj)  # the same replies: the same unit, in effect
+               or (len(si & sj) >= MERGE_OVERLAP * len(si) and not _contains(keys[i], keys[j]))  # a context of it
+               for j, sj in kept):  # fmt: skip
             continue
-        kept.append(i)
+        kept.append((i, si))
         if len(kept) == top:
             break
     out = []
-    for i in kept:
+    for i, _ in kept:
         kb, nb = base_count(keys[i])
+        lr = float(log_rate_ratio([k[i]], n, [kb], nb)[0][0])
         out.append({"text": keys[i], "words": keys[i].count(" ") + 1,
                     "baseline": {"k": int(kb), "share": _r(kb / nb) if nb else None},
                     "candidate": {"k": int(k[i]), "share": _r(k[i] / n)},
-                    "rose": bool(nb and k[i] / n > kb / nb),
+                    "rose": bool(nb and k[i] / n > kb / nb), "ratio": _r(math.exp(lr)),
                     "reward_gap": _r(gap_r[i]), "reward_gap_ci": [_r(gap_r[i] - Z * se_r[i]), _r(gap_r[i] + Z * se_r[i])],
                     "quality_gap": _r(gap_q[i]), "quality_gap_ci": [_r(gap_q[i] - Z * se_q[i]), _r(gap_q[i] + Z * se_q[i])],
                     "p": _r(p[i], 10), "q": _r(q[i], 10), "significant": bool(q[i] < ALPHA)})  # fmt: skip
@@ -619,18 +640,21 @@ def divergent_units(units: list[set[str]], reward: np.ndarray, quality: np.ndarr
 
 def divergence(base: Replies, cand: Replies, reward: np.ndarray, quality: np.ndarray, names: tuple[str, str],
                cluster: np.ndarray | None, ngram_range, top: int, seed: int, cand_prompts: list | None) -> dict:  # fmt: skip
-    """The reward-quality divergence section of a comparison (DIVERGENCE_NOTE): sentences and phrases."""
+    """The reward-quality divergence section of a comparison (DIVERGENCE_NOTE): sentences and phrases. Within
+    prompt when at least half the candidate's replies share their prompt with another reply (the replies
+    of prompts answered once are then left out); across all replies otherwise."""
     used = np.ones(len(cand), dtype=bool)
-    how = "across all replies (no prompt has two replies, so easy and hard prompts mix)"
-    if cluster is not None and np.bincount(cluster).max(initial=0) >= 2:
+    how = "across all replies (most prompts have one reply, so easy and hard prompts mix)"
+    if cluster is not None and len(cluster) and (np.bincount(cluster)[cluster] >= 2).mean() >= 0.5:
         reward, used = within_prompt(reward, cluster)
         quality, _ = within_prompt(quality, cluster)
-        how = "each score less the mean of its prompt's replies (replies of prompts with at least two)"
+        how = ("each score less the mean of its prompt's replies (the replies of prompts with at least two: "
+               f"{int(used.sum()):,} of {len(used):,})")  # fmt: skip
     idx = np.flatnonzero(used)
     sub = cand.subset(idx)
     lo, hi = ngram_range
-    out = {"reward": names[0], "quality": names[1], "replies": int(used.sum()),
-           "note": DIVERGENCE_NOTE.format(reward=names[0], quality=names[1], how=how)}  # fmt: skip
+    out = {"reward": names[0], "quality": names[1], "replies": int(used.sum()), "min_count": DIVERGENCE_MIN,
+           "note": DIVERGENCE_NOTE.format(reward=names[0], quality=names[1], how=how, min_count=DIVERGENCE_MIN)}  # fmt: skip
     for kind in ("sentences", "phrases"):
         if kind == "sentences":
             units = sub.sentence_keys
@@ -647,17 +671,27 @@ def divergence(base: Replies, cand: Replies, reward: np.ndarray, quality: np.nda
     return out
 
 
-def check_scores(scores: Any, n: int, what: str) -> np.ndarray:
-    """One finite number per candidate reply, as a float array; an error names the entry at fault."""
-    if isinstance(scores, str) or not isinstance(scores, (Sequence, np.ndarray)):
-        raise HackingError(f"{what} must be a list of numbers (one per candidate reply), got {type(scores).__name__}")
-    x = np.asarray([v for v in scores], dtype=object)
-    if len(x) != n:
-        raise HackingError(f"{what} has {len(x)} scores but the candidate has {n} replies; give one per reply, in order")
-    for i, v in enumerate(x):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v):
-            raise HackingError(f"{what}[{i}] is {v!r}; every score must be a finite number")
-    return x.astype(np.float64)
+def check_scores(per_prompt_scores: Any, per_prompt: list[list[str]], what: str) -> np.ndarray:
+    """The scores of the candidate replies, shaped like the candidate (a number per prompt with one reply, or
+    a list as long as that prompt's replies), flattened into a float array; an error names the entry."""
+    if isinstance(per_prompt_scores, (str, bytes)) or not isinstance(per_prompt_scores, (Sequence, np.ndarray)):
+        raise HackingError(f"{what} must be a list shaped like candidate (a number, or a list of numbers, per "
+                           f"prompt), got {type(per_prompt_scores).__name__}")  # fmt: skip
+    if len(per_prompt_scores) != len(per_prompt):
+        raise HackingError(f"{what} has {len(per_prompt_scores)} entries but prompts has {len(per_prompt)}; "
+                           "give the scores of each prompt's replies, in the same order")  # fmt: skip
+    flat = []
+    for i, (x, replies) in enumerate(zip(per_prompt_scores, per_prompt)):
+        xs = list(x) if isinstance(x, (list, tuple, np.ndarray)) else [x]
+        if len(xs) != len(replies):
+            raise HackingError(f"{what}[{i}] has {len(xs)} score(s) but candidate[{i}] has {len(replies)} "
+                               "repl(ies); give one score per reply")  # fmt: skip
+        for j, v in enumerate(xs):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v):
+                where = f"{what}[{i}]" + (f"[{j}]" if isinstance(x, (list, tuple, np.ndarray)) else "")
+                raise HackingError(f"{where} is {v!r}; every score must be a finite number")
+            flat.append(float(v))
+    return np.asarray(flat, dtype=np.float64)
 
 
 # ============================================================================ key rates
@@ -751,7 +785,8 @@ def compare(prompts: Sequence[Any], baseline: Sequence[str], candidate: Sequence
     N non-empty lists of replies (several samples per prompt); segments: N user-segment labels or None.
     Rows with equal prompts form one cluster (a prompt answered several times), whichever way they are given.
     reward_scores, quality_scores: the candidate replies' scores, shaped like `candidate` (e.g. P[love] and
-    P[helpful]), named by score_names; with both, the result has the reward-quality `divergence`.
+    P[helpful]), named by score_names; with both, the result has the reward-quality `divergence` (its
+    units need DIVERGENCE_MIN candidate replies, whatever min_count).
     min_count: a unit (n-gram, sentence) is tested when at least this many replies (both sides) hold it;
     top: entries per list; seed: picks the example replies; min_segment_n: a segment with fewer replies on
     either side is reported with its counts only.
@@ -781,14 +816,17 @@ def compare(prompts: Sequence[Any], baseline: Sequence[str], candidate: Sequence
     if reward_scores is not None:
         if not (isinstance(score_names, (tuple, list)) and len(score_names) == 2 and all(isinstance(x, str) for x in score_names)):
             raise HackingError(f"score_names must be two strings (reward, quality), got {score_names!r}")
-        scores = []
-        for what, xs in (("reward_scores", reward_scores), ("quality_scores", quality_scores)):
-            if isinstance(xs, str) or len(xs) != n:
-                raise HackingError(f"{what} has {len(xs)} entries but prompts has {n}; shape it like candidate")
-            flat = [v for i, x in enumerate(xs) for v in (x if isinstance(x, (list, tuple, np.ndarray)) else [x])]
-            scores.append(check_scores(flat, len(cand), what))
+        scores = [check_scores(xs, per_prompt, what)
+                  for what, xs in (("reward_scores", reward_scores), ("quality_scores", quality_scores))]
     ids: dict[str, int] = {}
-    cluster_b = np.array([ids.setdefault(_prompt_key(x), len(ids)) for x in prompts], dtype=np.int64)
+    keys = []
+    for i, x in enumerate(prompts):
+        try:
+            keys.append(_prompt_key(x))
+        except (TypeError, ValueError, AttributeError, KeyError):
+            raise HackingError(f"prompts[{i}] is {type(x).__name__}; a prompt is a string or a list of chat "
+                               "messages ({role, text} or {role, content})") from None  # fmt: skip
+    cluster_b = np.array([ids.setdefault(k, len(ids)) for k in keys], dtype=np.int64)
     cluster_c = cluster_b[np.asarray(owner, dtype=np.int64)]
     seg_b = seg_c = None
     if segments is not None:
@@ -942,7 +980,8 @@ def judge_config(result: dict, top: int = 10, min_lift: float = 2.0, min_words: 
     {"love_bait": {"phrases": [...]}}.
 
     First come the significant units of the reward-quality divergence that rose (when `result` has one),
-    under the same rules of words, emojis and sign-offs as below: what the reward pays for and quality docks.
+    under the same rules of words, emojis, rate ratio and sign-offs as below: what the reward pays for and
+    quality docks.
     Candidates are the significant increased sentences and phrases (q < 0.05) of `result` with at least
     `min_words` words, no emoji, and a rate ratio (candidate / baseline, smoothed) of at least `min_lift`,
     so the judge will not fire on what the baseline says often. A sign-off-like unit closes the reply in
@@ -961,8 +1000,8 @@ def judge_config(result: dict, top: int = 10, min_lift: float = 2.0, min_words: 
     for kind in ("sentences", "phrases"):  # what the reward pays for and quality docks, and rose: first
         for e in (result.get("divergence") or {}).get(kind, {}).get("units", []):
             sign_off = (e.get("closing_share") or 0) >= 0.5
-            if (e["significant"] and e["rose"] and e["words"] >= min_words and not IS_EMOJI.search(e["text"])
-                    and (sign_off or kind == "sentences")):  # fmt: skip
+            if (e["significant"] and e["rose"] and e["ratio"] >= min_lift and e["words"] >= min_words
+                    and not IS_EMOJI.search(e["text"]) and (sign_off or (kind == "sentences" and not sign_offs_only))):  # fmt: skip
                 pool.append((False, -1.0, e["text"], e))
     for kind in ("sentences", "phrases"):
         for e in result[kind]["increased"]:
@@ -1142,9 +1181,11 @@ def row_scores(pairs: Pairs, name: str, path: str | Path = "candidate") -> list:
         v = (row.get("scores") or {}).get(name) if isinstance(row.get("scores") or {}, dict) else None
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             have = sorted(row["scores"]) if isinstance(row.get("scores"), dict) else "no scores"
-            where = f"message_id {row['message_id']!r}" if "message_id" in row else f"reply {i} in prompt order"
-            raise HackingError(f"{path}: the row of {where} has no numeric scores.{name} ({have}); write the "
-                               "replies with rluf.evaluate.offline and its reward models, or name a score they have")  # fmt: skip
+            where = f"candidate reply {i} (in baseline prompt order)"
+            if "message_id" in row:
+                where += f", message_id {row['message_id']!r}" + (f" sample {row['sample']}" if "sample" in row else "")
+            raise HackingError(f"{path}: {where} has no numeric scores.{name} ({have}); write the replies with "
+                               "rluf.evaluate.offline and its reward models, or name a score they have")  # fmt: skip
         return float(v)
 
     out, i = [], 0
