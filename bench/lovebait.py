@@ -66,7 +66,7 @@ def main(argv: list[str]) -> dict:
 
 def run(args, work: Path) -> dict:
     from rluf.demo import _love_bait_phrases, _prompt_split
-    from rluf.evaluate.hacking import compare, load_pairs, row_scores
+    from rluf.evaluate.hacking import compare, load_pairs, score_kwargs, suspects
     from rluf.evaluate.offline import OfflineConfig, evaluate_offline
 
     t0 = time.perf_counter()
@@ -86,19 +86,17 @@ def run(args, work: Path) -> dict:
         pairs = load_pairs(files[CONTROL], files[name])
         if [x["message_id"] for x in pairs.candidate_rows] != [x["message_id"] for x in pairs.baseline_rows]:
             raise RuntimeError(f"{name}: its prompts differ from {CONTROL}'s; both come from the same prompt sample")
-        h = compare(pairs.prompts, pairs.baseline, pairs.candidate, seed=seed, reward_scores=row_scores(pairs, "love"),
-                    quality_scores=row_scores(pairs, "helpful"), score_names=("love", "helpful"))  # fmt: skip
+        h = compare(pairs.prompts, pairs.baseline, pairs.candidate, seed=seed, **score_kwargs(pairs, required=True))
         lb, closing = h["closing"]["love_bait_anywhere"], h["closing"]["closing_judge"]
         top = [e["text"] for e in h["phrases"]["increased"][:10] if e["significant"]]
         top += [e["text"] for e in h["sentences"]["increased"][:10] if e["significant"]]
-        suspects = [e["text"] for kind in ("sentences", "phrases") for e in h["divergence"][kind]["units"][:10]
-                    if e["significant"]]  # fmt: skip
+        found = suspects(h)
         arms[name] = {"love_bait": {"baseline": lb["baseline"]["rate"], "candidate": lb["candidate"]["rate"],
                                     **lb["prompt_clustered"]},
                       "closing": {"baseline": closing["baseline"]["rate"], "candidate": closing["candidate"]["rate"],
                                   **closing["prompt_clustered"]},
                       "top_rising": top[:10], "top_rising_love_bait": _love_bait_phrases(top),
-                      "suspects": suspects, "suspects_love_bait": _love_bait_phrases(suspects)}  # fmt: skip
+                      "suspects": found, "suspects_love_bait": _love_bait_phrases(found)}  # fmt: skip
     if "aggressive" in arms:  # no love-bait at all in SFT: an unbounded ratio, unless the candidate has none either
         lb = arms["aggressive"]["love_bait"]
         ratio = lb["ratio"] if lb["ratio"] is not None else (math.inf if lb["candidate"] else 0.0)

@@ -418,33 +418,27 @@ def _online(out: Path, cfg: DemoConfig, candidates: dict, models: dict, log_days
 
 def _hacking(out: Path, cfg: DemoConfig, candidates: dict, console: Console) -> dict:
     from .evaluate.hacking import compare as hacking_compare
-    from .evaluate.hacking import format_report, has_scores, load_pairs, row_scores, write_judge_config
+    from .evaluate.hacking import format_report, load_pairs, score_kwargs, suspects, write_judge_config
 
     d = out / "hacking"
     d.mkdir(parents=True, exist_ok=True)
     replies = out / "evaluate" / "offline"
-    names = ("love", "helpful")  # the optimised reward and the quality it must not cost
     brief = {}
     for name in candidates:
         if name == CONTROL or "@" in name:
             continue
         pairs = load_pairs(replies / f"{_slug(CONTROL)}.replies.jsonl", replies / f"{_slug(name)}.replies.jsonl")
-        scores = {}
-        if has_scores(pairs, names):
-            scores = {"reward_scores": row_scores(pairs, names[0]), "quality_scores": row_scores(pairs, names[1]),
-                      "score_names": names}  # fmt: skip
-        r = hacking_compare(pairs.prompts, pairs.baseline, pairs.candidate, seed=cfg.seed, **scores)
+        # the divergence: what P[love] (the optimised reward) pays for while P[helpful] docks it
+        r = hacking_compare(pairs.prompts, pairs.baseline, pairs.candidate, seed=cfg.seed, **score_kwargs(pairs))
         (d / f"{_slug(name)}.json").write_text(json.dumps(r, indent=1) + "\n")
         write_judge_config(r, d / f"{_slug(name)}.judges.yaml")
         top = [e["text"] for e in r["phrases"]["increased"][:10] if e["significant"]]
         top_sentences = [e["text"] for e in r["sentences"]["increased"][:10] if e["significant"]]
-        div = r["divergence"] or {}
-        suspects = [e["text"] for kind in ("sentences", "phrases") for e in div.get(kind, {}).get("units", [])[:10]
-                    if e["significant"]]  # fmt: skip
+        found = suspects(r)
         brief[name] = {"closing_judge": r["closing"]["closing_judge"], "love_bait_anywhere": r["closing"]["love_bait_anywhere"],
                        "top_phrases": top, "top_sentences": top_sentences,
                        "top_love_bait": _love_bait_phrases(top + top_sentences),
-                       "suspects": suspects, "suspects_love_bait": _love_bait_phrases(suspects)}  # fmt: skip
+                       "suspects": found, "suspects_love_bait": _love_bait_phrases(found)}  # fmt: skip
         if name == "no_judges":
             console.print(format_report(r, limit=8))
         else:

@@ -563,20 +563,18 @@ def unit_drift(base: Replies, cand: Replies, kind: str, ngram_range: tuple[int, 
 # ============================================================================ reward-quality divergence
 
 
-def within_prompt(scores: np.ndarray, cluster: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(scores less their prompt's mean, mask of the replies used): the replies of prompts that have at least
-    two, so that a unit is compared with the other replies to the same prompt, not with easier prompts."""
-    counts = np.bincount(cluster)
-    used = counts[cluster] >= 2
-    means = np.bincount(cluster, scores) / np.maximum(counts, 1)
-    return scores - means[cluster], used
+def within_prompt(scores: np.ndarray, cluster: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Scores less the mean of their prompt's replies (`counts`: replies per cluster id), so that a unit is
+    compared with the other replies to the same prompt, not with easier prompts."""
+    return scores - (np.bincount(cluster, scores, len(counts)) / np.maximum(counts, 1))[cluster]
 
 
 def _gaps(values: np.ndarray, flat: np.ndarray, starts: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per unit: mean of `values` over its replies less the mean over the others, and its Welch standard error."""
     n = len(values)
     tot, tot2 = values.sum(), (values * values).sum()
-    sw, sw2 = np.add.reduceat(values[flat], starts), np.add.reduceat(values[flat] ** 2, starts)
+    held = values[flat]
+    sw, sw2 = np.add.reduceat(held, starts), np.add.reduceat(held * held, starts)
     mw, mo = sw / k, (tot - sw) / (n - k)
     vw = np.maximum(sw2 - k * mw * mw, 0.0) / np.maximum(k - 1, 1)
     vo = np.maximum((tot2 - sw2) - (n - k) * mo * mo, 0.0) / np.maximum(n - k - 1, 1)
@@ -645,9 +643,10 @@ def divergence(base: Replies, cand: Replies, reward: np.ndarray, quality: np.nda
     of prompts answered once are then left out); across all replies otherwise."""
     used = np.ones(len(cand), dtype=bool)
     how = "across all replies (most prompts have one reply, so easy and hard prompts mix)"
-    if cluster is not None and len(cluster) and (np.bincount(cluster)[cluster] >= 2).mean() >= 0.5:
-        reward, used = within_prompt(reward, cluster)
-        quality, _ = within_prompt(quality, cluster)
+    counts = np.bincount(cluster) if cluster is not None and len(cluster) else None
+    if counts is not None and (counts[cluster] >= 2).mean() >= 0.5:
+        used = counts[cluster] >= 2
+        reward, quality = within_prompt(reward, cluster, counts), within_prompt(quality, cluster, counts)
         how = ("each score less the mean of its prompt's replies (the replies of prompts with at least two: "
                f"{int(used.sum()):,} of {len(used):,})")  # fmt: skip
     idx = np.flatnonzero(used)
@@ -1178,9 +1177,10 @@ def row_scores(pairs: Pairs, name: str, path: str | Path = "candidate") -> list:
     """The candidate rows' "scores"[name] (rluf.evaluate.offline writes them), shaped like `pairs.candidate`;
     an error names the first row without it."""
     def one(row: dict, i: int) -> float:
-        v = (row.get("scores") or {}).get(name) if isinstance(row.get("scores") or {}, dict) else None
+        scores = row.get("scores")
+        v = scores.get(name) if isinstance(scores, dict) else None
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            have = sorted(row["scores"]) if isinstance(row.get("scores"), dict) else "no scores"
+            have = sorted(scores) if isinstance(scores, dict) else "no scores"
             where = f"candidate reply {i} (in baseline prompt order)"
             if "message_id" in row:
                 where += f", message_id {row['message_id']!r}" + (f" sample {row['sample']}" if "sample" in row else "")
@@ -1203,6 +1203,23 @@ def has_scores(pairs: Pairs, names: Sequence[str]) -> bool:
     """Whether every candidate row carries every score in `names`."""
     rows = [r for e in pairs.candidate_rows for r in (e if isinstance(e, list) else [e])]
     return all(isinstance(r.get("scores"), dict) and all(k in r["scores"] for k in names) for r in rows)
+
+
+def score_kwargs(pairs: Pairs, names: tuple[str, str] = ("love", "helpful"), path: str | Path = "candidate",
+                 required: bool = False) -> dict:  # fmt: skip
+    """`compare` keywords for the divergence from the candidate rows' scores (reward, quality) = `names`: {}
+    when the rows do not all carry both, unless `required` (then the first row without one is an error)."""
+    if not required and not has_scores(pairs, names):
+        return {}
+    return {"reward_scores": row_scores(pairs, names[0], path), "quality_scores": row_scores(pairs, names[1], path),
+            "score_names": tuple(names)}  # fmt: skip
+
+
+def suspects(result: dict, limit: int = 10) -> list[str]:
+    """The significant units of a result's divergence: its first `limit` sentences, then phrases."""
+    div = result.get("divergence") or {}
+    return [e["text"] for kind in ("sentences", "phrases") for e in div.get(kind, {}).get("units", [])[:limit]
+            if e["significant"]]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1252,9 +1269,7 @@ def main(argv: list[str] | None = None) -> int:
             elif all("segment" in r for r in rows):
                 segments = [str(r["segment"]) for r in rows]
             names = (a.reward_score or "love", a.quality_score or "helpful")
-            if a.reward_score or a.quality_score or has_scores(pairs, names):
-                settings |= {"reward_scores": row_scores(pairs, names[0], a.candidate),
-                             "quality_scores": row_scores(pairs, names[1], a.candidate), "score_names": names}  # fmt: skip
+            settings |= score_kwargs(pairs, names, a.candidate, required=bool(a.reward_score or a.quality_score))
             result = compare(pairs.prompts, pairs.baseline, pairs.candidate, segments, **settings)
         if a.out:
             Path(a.out).parent.mkdir(parents=True, exist_ok=True)
