@@ -79,6 +79,15 @@ def _tricky_lines(rng: random.Random) -> list[bytes]:
     v(lambda r: r["turns"][0].update(lang="en"))  # extra turn field
     v(lambda r: r["turns"][0].update(reactions=[{"name": "love", "time": r["turns"][0]["time"], "why": "x"}]))
     v(lambda r: r.update(conversation_id=7))  # int id: kept as text by the reference path
+    v(lambda r: r.update(source=None))  # extra field given as null: kept as {"source": null}
+    v(lambda r: r["turns"][1].update(time="2026-02-30T00:00:00Z"))  # no such day
+    v(lambda r: r["turns"][1].update(time="2026-01-01T10:00:00.1234567Z"))  # 7 digits: reference path decides
+    v(lambda r: r.update(started_at="2026-01-01 00:00:00"))  # naive: UTC
+    v(lambda r: r["turns"][1].update(reactions=[None]))
+    v(lambda r: r["turns"].append(None))
+    v(lambda r: (r["turns"][0].pop("message_id"), r["turns"][1].update(message_id=r["conversation_id"] + ":0")))
+    v(lambda r: r["turns"][3].update(parent_id=r["turns"][1]["message_id"], reactions=[
+        {"name": "love", "time": r["turns"][3]["time"]}, {"name": "love", "action": "remove", "time": r["turns"][3]["time"]}]))
     variants.append(b'{"conversation_id": "broken", "turns": [')
     variants.append(b"")
     variants.append(b'{"conversation_id": "bad-utf8", "user_id": "u", "turns": [{"role": "user", "text": "\xff", "time": "2026-01-01T00:00:00Z"}]}')
@@ -155,3 +164,23 @@ print("pandas" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_vectorized_times_match_the_reference_parser():
+    """The vectorized checks clear only times they read exactly as parse_time does."""
+    import io
+
+    import pyarrow.json as pj
+
+    from rluf.data.contract import parse_time
+    from rluf.data.fastpath import _times
+
+    values = ["2026-02-30T00:00:00Z", "2026-01-01 10:00:00.5", "2026-01-01T10:00:00+05:30", None,
+              "1969-12-31T23:59:59Z", "2026-01-01T24:00:00Z", "2099-12-31T23:59:59.999999-01:00",
+              "2026-01-01", "2026-01-01T10:00:00.1234567Z", " 2026-01-01T10:00:00Z", "2024-02-29T12:00:00Z"]  # fmt: skip
+    lines = b"\n".join(orjson.dumps({"t": v}) for v in values) + b"\n"
+    us, ok = _times(pj.read_json(io.BytesIO(lines)).column("t").combine_chunks())
+    assert ok.tolist() == [False, True, True, False, False, False, False, False, False, False, True]
+    for value, cleared, got in zip(values, ok, us):  # the reference path decides the others
+        if cleared:
+            assert got == parse_time(value, "time"), value

@@ -1,24 +1,26 @@
 """Vectorized validation of nested-conversation JSONL blocks (the bulk of production logs).
 
 pyarrow parses a block of lines against the contract's schema (types are enforced by the parser);
-DuckDB then checks every remaining rule of `contract.normalize_conversation` column-wise and builds
-the stored rows. The vectorized checks are conservative: any line they do not
-fully clear (and every line of a range pyarrow cannot parse) goes through the reference validator
-in contract.py, which alone decides the verdict and the reject reason. So both paths accept
-exactly the same records and produce the same rows (tests/test_fastpath.py checks this).
+Arrow compute kernels and NumPy then check every remaining rule of `contract.normalize_conversation`
+column by column and build the stored rows. The vectorized checks are conservative: any line they
+do not fully clear (and every line of a range pyarrow cannot parse) goes through the reference
+validator in contract.py, which alone decides the verdict and the reject reason. So both paths
+accept exactly the same records and produce the same rows (tests/test_fastpath.py checks this).
 """
 
 from __future__ import annotations
 
 import io
+from datetime import datetime
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from .contract import CONVERSATION, ROLES, Limits, _MAX_TIME_US, _MIN_TIME_US
-from .parse import Stager, Task, run_jsonl_lines, worker_connection
+from .contract import ACTIONS, CONVERSATION, ROLES, Limits, _MAX_TIME_US, _MIN_TIME_US
+from .parse import SCHEMAS, Stager, Task, run_jsonl_lines
 
 MIN_RANGE_LINES = 256  # below this a failing range goes line by line
 
@@ -30,29 +32,18 @@ SCHEMA = pa.schema([("conversation_id", pa.string()), ("user_id", pa.string()), 
 _PARSE = pj.ParseOptions(explicit_schema=SCHEMA, unexpected_field_behavior="infer", newlines_in_values=False)
 _READ = pj.ReadOptions(use_threads=False, block_size=1 << 26)
 
-# The ISO-8601 subset both DuckDB and datetime.fromisoformat read identically; anything else is
-# left to the reference validator.
-TIME_RE = r"\d{4}-\d{2}-\d{2}[T ]([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)?"
-
-
-def _ts(col: str) -> str:
-    return f"CASE WHEN regexp_full_match({col}, '{TIME_RE}') THEN TRY_CAST({col} AS TIMESTAMPTZ) END"
-
-
-def _bad_time(col: str) -> str:
-    return f"({col} IS NULL OR epoch_us({col}) < {_MIN_TIME_US} OR epoch_us({col}) >= {_MAX_TIME_US})"
-
-
-def _any(*conditions: str) -> str:
-    """OR of conditions where NULL counts as false."""
-    return "(" + " OR ".join(f"coalesce({c}, false)" for c in conditions) + ")"
+# The ISO-8601 subset that Arrow's cast and datetime.fromisoformat read identically (with a zone, or
+# naive, meaning UTC); anything else is left to the reference validator.
+_CLOCK = r"^\d{4}-\d{2}-\d{2}[T ]([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?"
+_ZONED = _CLOCK + r"(Z|[+-]([01]\d|2[0-3]):[0-5]\d)$"
+_NAIVE = _CLOCK + "$"
 
 
 def run_nested_jsonl(task: Task, stager: Stager, rejects: list[dict], limits: Limits) -> tuple[int, int]:
-    return _run_range(worker_connection(), task, task.read_block(), task.first_line, stager, rejects, limits)
+    return _run_range(task, task.read_block(), task.first_line, stager, rejects, limits)
 
 
-def _run_range(con, task: Task, buf: bytes, first_line: int, stager: Stager, rejects: list[dict],
+def _run_range(task: Task, buf: bytes, first_line: int, stager: Stager, rejects: list[dict],
                limits: Limits) -> tuple[int, int]:  # fmt: skip
     n_lines = buf.count(b"\n") + (0 if buf.endswith(b"\n") else 1)
     if not buf:
@@ -73,10 +64,10 @@ def _run_range(con, task: Task, buf: bytes, first_line: int, stager: Stager, rej
         if mid < 0 or mid == len(buf) - 1:
             mid = buf.rfind(b"\n", 0, len(buf) - 1)
         left, right = buf[: mid + 1], buf[mid + 1 :]
-        r1, b1 = _run_range(con, task, left, first_line, stager, rejects, limits)
-        r2, b2 = _run_range(con, task, right, first_line + left.count(b"\n"), stager, rejects, limits)
+        r1, b1 = _run_range(task, left, first_line, stager, rejects, limits)
+        r2, b2 = _run_range(task, right, first_line + left.count(b"\n"), stager, rejects, limits)
         return r1 + r2, b1 + b2
-    flagged = _validate_table(con, task, table, first_line, stager, limits)
+    flagged = _validate_table(task, table, buf, first_line, stager, limits)
     if flagged:
         lines = buf.split(b"\n")
         for r in flagged:
@@ -84,125 +75,246 @@ def _run_range(con, task: Task, buf: bytes, first_line: int, stager: Stager, rej
     return n_lines, 0
 
 
-def _validate_table(con, task: Task, table: pa.Table, first_line: int, stager: Stager, limits: Limits) -> list[int]:
+def _validate_table(task: Task, table: pa.Table, buf: bytes, first_line: int, stager: Stager,
+                    limits: Limits) -> list[int]:  # fmt: skip
     """Stage every row the vectorized checks clear; return the row indices they do not."""
     n = table.num_rows
-    extras = [name for name in table.schema.names if name not in SCHEMA.names]
-    # DuckDB sees the turns without their texts (only their byte lengths): the texts, the bulk of
-    # the data, go from the parsed Arrow column to the staged file untouched.
-    turns = table.column("turns").combine_chunks()
+    idmax = limits.max_id_chars
+    col = {name: table.column(name).combine_chunks() for name in table.schema.names}
+    cid, uid, turns = col["conversation_id"], col["user_id"], col["turns"]
+    category, policy = _nullif_empty(col["category"]), _nullif_empty(col["policy"])
+    bad = _over(cid, idmax, required=True) | _over(uid, idmax, required=True)
+    bad |= _over(col["category"], idmax) | _over(col["policy"], idmax)
+    offsets = _numpy(turns.offsets).astype(np.int64)
+    offsets -= offsets[0]  # a sliced list array's values start at its first offset
+    n_turns = np.diff(offsets)
+    bad |= _numpy(turns.is_null()) | (n_turns == 0) | (n_turns > limits.max_turns)
+    bad |= _extra_fields(table, col, buf)
+
+    # Turns: one row per message, `r` its conversation's row, `i` its index in the conversation.
     flat = turns.flatten()
-    texts = flat.field("text")
-    slim = pa.StructArray.from_arrays(
-        [flat.field(f) for f in ("message_id", "parent_id", "role", "time", "reactions")] + [pc.binary_length(texts)],
-        names=["message_id", "parent_id", "role", "time", "reactions", "text_bytes"])
-    slim_turns = pa.ListArray.from_arrays(turns.offsets, slim, mask=turns.is_null())
-    blk = table.select(["conversation_id", "user_id", "started_at", "category", "policy"]).append_column(
-        "turns", slim_turns).append_column("r", _row_numbers(n))  # fmt: skip
-    if extras:
-        has_extra = con.from_arrow(table.select(extras)).project(
-            " OR ".join(f'"{e}" IS NOT NULL' for e in extras) + " AS h").to_arrow_table().column(0)  # fmt: skip
+    turn = dict(zip((f.name for f in flat.type), flat.flatten()))
+    n_msgs = len(flat)
+    r = _numpy(pc.list_parent_indices(turns))
+    i = np.arange(n_msgs) - offsets[r]
+    mtime, time_ok = _times(turn["time"])
+    texts = turn["text"]
+    n_reactions = _numpy(pc.list_value_length(turn["reactions"]), null=0)
+    bad_turn = _over(turn["message_id"], idmax, required=True, null_ok=True) | _over(turn["parent_id"], idmax)
+    bad_turn |= ~_numpy(pc.is_in(turn["role"], value_set=_ROLES)) | ~time_ok | (n_reactions > limits.max_reactions)
+    text_bytes = _numpy(pc.binary_length(texts), null=-1)
+    bad_turn |= (text_bytes < 0) | (text_bytes > limits.max_text_chars)  # bytes >= characters: conservative
+    bad[r[bad_turn]] = True
+
+    started = col["started_at"]
+    first_time = mtime[np.minimum(offsets[:-1], max(n_msgs - 1, 0))] if n_msgs else np.zeros(n, np.int64)
+    if started.null_count == n:
+        started_at = first_time
     else:
-        has_extra = pa.nulls(n, pa.bool_())
-    con.register("blk", blk.append_column("has_extra", has_extra))
-    idmax, roles = limits.max_id_chars, ", ".join(f"'{r}'" for r in sorted(ROLES))
-    # One pass over the turns: defaults, parsed time and the row's flag.
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE m AS
-        SELECT r, turn_index, message_id, cid AS conversation_id, parent_id, uid AS user_id, role, time,
-               policy, category, reactions, parent_raw,
-               {_any("mid_raw = ''", f"strlen(mid_raw) > {idmax}", f"strlen(parent_raw) > {idmax}",
-                     f"role IS NULL OR role NOT IN ({roles})", "text_bytes IS NULL", f"text_bytes > {limits.max_text_chars}",
-                     _bad_time("time"), f"len(reactions) > {limits.max_reactions}")} AS bad
-        FROM (
-            SELECT r, i - 1 AS turn_index, cid, uid, category, policy, t.message_id AS mid_raw,
-                   coalesce(t.message_id, cid || ':' || (i - 1)) AS message_id, t.parent_id AS parent_raw,
-                   CASE WHEN t.parent_id = '' THEN NULL
-                        WHEN t.parent_id IS NOT NULL THEN t.parent_id
-                        WHEN i > 1 THEN coalesce(prev_mid, cid || ':' || (i - 2)) END AS parent_id,
-                   t.role AS role, t.text_bytes AS text_bytes, {_ts('t.time')} AS time, t.reactions AS reactions
-            FROM (SELECT r, conversation_id AS cid, user_id AS uid, nullif(category, '') AS category,
-                         nullif(policy, '') AS policy, unnest(turns) AS t, unnest(CASE WHEN len(turns) > 0 THEN list_prepend(
-                             NULL, list_transform(turns, lambda t: t.message_id)[1:len(turns) - 1]) END) AS prev_mid,
-                         generate_subscripts(turns, 1) AS i
-                  FROM blk))
-    """)  # fmt: skip
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE x AS
-        SELECT r, message_id, user_id, name AS reaction, action, time, bad,
-               row_number() OVER (PARTITION BY r ORDER BY turn_index, j) - 1 AS seq
-        FROM (SELECT r, turn_index, j, message_id, coalesce(u.user_id, uid) AS user_id, u.name AS name,
-                     coalesce(nullif(u.action, ''), 'add') AS action, {_ts('u.time')} AS time,
-                     {_any("u IS NULL", "u.name IS NULL OR u.name = ''", f"strlen(u.name) > {idmax}", "u.user_id = ''",
-                           f"strlen(u.user_id) > {idmax}", "coalesce(nullif(u.action, ''), 'add') NOT IN ('add', 'remove')",
-                           _bad_time(_ts('u.time')), f"{_ts('u.time')} < mtime")} AS bad
-              FROM (SELECT r, turn_index, message_id, time AS mtime, user_id AS uid, unnest(reactions) AS u,
-                           generate_subscripts(reactions, 1) AS j
-                    FROM m WHERE len(reactions) > 0))
-    """)  # fmt: skip
-    started = _ts("b.started_at")
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE c AS
-        SELECT b.r, b.conversation_id, b.user_id, coalesce({started}, m.time) AS started_at,
-               nullif(b.category, '') AS category, nullif(b.policy, '') AS policy, len(b.turns) AS n_turns,
-               {_any("b.has_extra", "b.conversation_id IS NULL OR b.conversation_id = ''",
-                     f"strlen(b.conversation_id) > {idmax}", "b.user_id IS NULL OR b.user_id = ''",
-                     f"strlen(b.user_id) > {idmax}", f"strlen(b.category) > {idmax}", f"strlen(b.policy) > {idmax}",
-                     f"b.turns IS NULL OR len(b.turns) = 0 OR len(b.turns) > {limits.max_turns}",
-                     f"b.started_at IS NOT NULL AND ({_bad_time(started)} OR {started} > m.time)")} AS bad
-        FROM blk b LEFT JOIN m ON m.r = b.r AND m.turn_index = 0
-    """)  # fmt: skip
-    flagged = sorted(r for (r,) in con.execute("""
-        SELECT r FROM c WHERE bad
-        UNION SELECT r FROM m WHERE bad
-        UNION SELECT r FROM x WHERE bad
-        UNION SELECT r FROM m GROUP BY r, message_id HAVING count(*) > 1
-    """).fetchall())  # fmt: skip
-    keep = ""
-    if flagged:
-        con.register("flagged", pa.table({"r": pa.array(flagged, pa.int64())}))
-        keep = "WHERE r NOT IN (SELECT r FROM flagged)"
-    lineage = (f"{task.batch_no} AS batch_no, '{_sql_str(task.path)}' AS source_file, {first_line} + r AS source_line, "
-               f"{task.task_id} AS block")  # fmt: skip
-    conv = con.sql(f"""
-        SELECT conversation_id, user_id, started_at, category, policy, n_turns, NULL AS extra, {lineage}
-        FROM c {keep} ORDER BY r""").to_arrow_table()  # fmt: skip
-    # m has one row per element of the flattened turns, in order (checked): add the texts back.
-    msgs = con.sql(f"""
-        SELECT r, message_id, conversation_id, parent_id, turn_index, user_id, role, time, policy, category,
-               NULL AS extra, {lineage}
-        FROM m""").to_arrow_table()  # fmt: skip
-    if not msgs.column("r").equals(pa.chunked_array([pc.list_parent_indices(turns)])):
-        raise RuntimeError("internal: message rows are out of step with the parsed turns")
-    msgs = msgs.add_column(7, "text", pa.chunked_array([texts]))
-    if flagged:
-        msgs = msgs.filter(pc.invert(pc.is_in(msgs.column("r"), pa.array(flagged, pa.int64()))))
-    msgs = msgs.drop_columns(["r"])
-    reacts = con.sql(f"""
-        SELECT message_id, user_id, reaction, action, time, seq, {lineage}
-        FROM x {keep} ORDER BY r, seq""").to_arrow_table()  # fmt: skip
-    stager.add_arrow("conversations", conv)
-    stager.add_arrow("messages", msgs)
-    stager.add_arrow("reaction_events", reacts)
-    stager.add_arrow("ledger", con.sql(f"""
-        SELECT '{CONVERSATION}' AS kind, conversation_id AS key, {lineage} FROM c {keep} ORDER BY r""").to_arrow_table())
-    stager.add_arrow("message_keys", con.sql(f"""
-        SELECT {task.task_id} AS block, {first_line} + r AS line, hash(message_id) AS h FROM m {keep}""").to_arrow_table())
-    stager.add_arrow("external_parents", con.sql(f"""
-        SELECT {task.task_id} AS block, {first_line} + m.r AS line, m.message_id, m.parent_id
-        FROM m WHERE parent_raw IS NOT NULL AND parent_raw <> '' {keep.replace('WHERE', 'AND')}
-          AND NOT EXISTS (SELECT 1 FROM m o WHERE o.r = m.r AND o.message_id = m.parent_raw)""").to_arrow_table())  # fmt: skip
-    con.unregister("blk")
-    if flagged:
-        con.unregister("flagged")
+        given, given_ok = _times(started)
+        has = _numpy(started.is_valid())
+        bad |= has & (~given_ok | (given > first_time))
+        started_at = np.where(has, given, first_time)
+
+    # Reactions: one row per event, `tr` its turn.
+    events = turn["reactions"].flatten()
+    tr = _numpy(pc.list_parent_indices(turn["reactions"]))
+    ev = dict(zip((f.name for f in events.type), events.flatten()))
+    etime, etime_ok = _times(ev["time"])
+    action = ev["action"]
+    action_ok = _numpy(action.is_null()) | _numpy(pc.is_in(action, value_set=_ACTIONS))
+    bad_event = _numpy(events.is_null()) | _over(ev["name"], idmax, required=True) | ~action_ok
+    bad_event |= _over(ev["user_id"], idmax, required=True, null_ok=True) | ~etime_ok | (etime < mtime[tr])
+    bad[r[tr[bad_event]]] = True
+
+    # Message ids: given, or `conversation_id:index`; parents: given ("" for none) or the previous turn.
+    cid_m = cid.take(_arrow(r))
+    mid = turn["message_id"]
+    if mid.null_count:
+        default = pc.binary_join_element_wise(cid_m, pc.cast(_arrow(i), pa.string()), _COLON)
+        mid = pc.coalesce(mid, default)
+    if n_msgs and pc.count_distinct(mid).as_py() < n_msgs:
+        bad[_repeated_in_row(r, mid)] = True
+    parent_raw = turn["parent_id"]
+    previous = mid.take(_arrow(np.maximum(np.arange(n_msgs) - 1, 0)))
+    previous = pc.if_else(_arrow(i > 0), previous, pa.nulls(n_msgs, pa.string()))
+    parent = pc.if_else(parent_raw.is_null(), previous, _nullif_empty(parent_raw))
+
+    # The stored rows of every conversation; those of flagged ones are dropped before staging.
+    rows = _lineage(task, first_line, np.arange(n))
+    uid_m, event_rows = uid.take(_arrow(r)), r[tr]
+    seq = np.arange(len(tr)) - np.searchsorted(event_rows, event_rows)  # events before it in its conversation
+    action = pc.if_else(_arrow(_numpy(pc.binary_length(action), null=0) == 0), _repeat(_ADD, len(tr)), action)
+    tables = {
+        "conversations": ([cid, uid, _timestamps(started_at), category, policy, _arrow(n_turns.astype(np.int32)),
+                           pa.nulls(n, pa.string()), *rows], None),
+        "messages": ([mid, cid_m, parent, _arrow(i.astype(np.int32)), uid_m, turn["role"], texts, _timestamps(mtime),
+                      policy.take(_arrow(r)), category.take(_arrow(r)), pa.nulls(n_msgs, pa.string()),
+                      *_lineage(task, first_line, r)], r),
+        "reaction_events": ([mid.take(_arrow(tr)), pc.coalesce(ev["user_id"], uid_m.take(_arrow(tr))), ev["name"],
+                             action, _timestamps(etime), _arrow(seq.astype(np.int32)), *_lineage(task, first_line, event_rows)],
+                            event_rows),
+        "ledger": ([_repeat(_CONVERSATION, n), cid, *rows], None),
+    }  # fmt: skip
+    keep = ~bad
+    for name, (columns, row_of) in tables.items():
+        table = pa.Table.from_arrays(columns, schema=SCHEMAS[name])
+        if not keep.all():
+            table = table.take(_arrow(np.flatnonzero(keep if row_of is None else keep[row_of])))
+        stager.add_arrow(name, table)
+    external = _external_parents(r, mid, parent_raw, keep)
+    if len(external):
+        stager.add_arrow("external_parents", pa.Table.from_arrays([
+            _arrow(np.full(len(external), task.task_id, np.int32)), _arrow(first_line + r[external]),
+            mid.take(_arrow(external)), parent_raw.take(_arrow(external)),
+        ], schema=SCHEMAS["external_parents"]))  # fmt: skip
+    return np.flatnonzero(bad).tolist()
+
+
+# Arrow <-> NumPy without Python objects: pyarrow imports pandas (0.4 s per worker, when installed)
+# at its first conversion of a Python value, scalars and `to_numpy()` included, and the clean path
+# needs none of it.
+_NUMPY_TYPES = {pa.uint8(): np.uint8, pa.int32(): np.int32, pa.int64(): np.int64, pa.uint64(): np.uint64}
+_ARROW_TYPES = {np.dtype(np.int32): pa.int32(), np.dtype(np.int64): pa.int64()}
+
+
+def _numpy(a: pa.Array, null=None) -> np.ndarray:
+    """A fixed-width Arrow array as NumPy; nulls become `null` (booleans: False)."""
+    boolean = pa.types.is_boolean(a.type)
+    if boolean:
+        a, null = pc.cast(a, pa.uint8()), 0
+    if len(a) == 0:  # an empty array may have no data buffer
+        return np.zeros(0, bool if boolean else _NUMPY_TYPES[a.type])
+    values = np.frombuffer(a.buffers()[1], _NUMPY_TYPES[a.type], count=a.offset + len(a))[a.offset :]
+    if a.null_count:
+        if null is None:
+            raise ValueError(f"internal: unexpected nulls in a {a.type} array")
+        values = np.where(_numpy(a.is_valid()), values, null)
+    return values.astype(bool) if boolean else values
+
+
+def _arrow(values: np.ndarray) -> pa.Array:
+    if values.dtype == np.bool_:
+        bits = np.packbits(values, bitorder="little")
+        return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(bits)])
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(_ARROW_TYPES[values.dtype], len(values), [None, pa.py_buffer(values)])
+
+
+def _timestamps(us: np.ndarray) -> pa.Array:
+    return pa.Array.from_buffers(_TS, len(us), [None, pa.py_buffer(np.ascontiguousarray(us, np.int64))])
+
+
+def _strings(values: list[str]) -> pa.Array:
+    data = [v.encode() for v in values]
+    offsets = np.cumsum([0] + [len(d) for d in data], dtype=np.int64).astype(np.int32)
+    return pa.Array.from_buffers(pa.string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+
+
+def _repeat(value: pa.Array, n: int) -> pa.Array:
+    """A one-element array repeated n times."""
+    return value.take(_arrow(np.zeros(n, np.int64)))
+
+
+_TS = pa.timestamp("us", "UTC")
+_ROLES = _strings(sorted(ROLES))
+_ACTIONS = _strings(sorted(ACTIONS))
+_ADD, _CONVERSATION = _strings(["add"]), _strings([CONVERSATION])
+_COLON, _Z = _strings([":"])[0], "Z"
+
+
+def _over(a: pa.Array, max_bytes: int, required: bool = False, null_ok: bool = False) -> np.ndarray:
+    """Strings longer than the limit (in bytes, which are never fewer than characters: conservative);
+    with `required`, also empty ones and (unless `null_ok`) missing ones."""
+    size = _numpy(pc.binary_length(a), null=-1)
+    bad = size > max_bytes
+    if required:
+        bad |= size == 0 if null_ok else size <= 0
+    return bad
+
+
+def _nullif_empty(a: pa.Array) -> pa.Array:
+    empty = _numpy(pc.binary_length(a), null=-1) == 0
+    return pc.if_else(_arrow(empty), pa.nulls(len(a), a.type), a) if empty.any() else a
+
+
+def _times(s: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Microseconds since the epoch and whether each string is a time both Arrow and the reference
+    validator read, to the same value, inside the contract's range. Naive times mean UTC."""
+    if len(s) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, bool)
+    ok = _numpy(pc.match_substring_regex(s, _ZONED))
+    if not ok.all():
+        naive = _numpy(pc.match_substring_regex(s, _NAIVE))
+        if naive.any():
+            s = pc.if_else(_arrow(naive), pc.utf8_replace_slice(s, 64, 64, _Z), s)
+            ok |= naive
+    us = _cast_times(s, ok)
+    if us is None:  # a calendar-impossible date (2026-02-30): leave it to the reference validator
+        ok &= _python_reads(s)
+        us = _cast_times(s, ok)
+        if us is None:
+            return np.zeros(len(s), np.int64), np.zeros(len(s), bool)
+    return us, ok & (us >= _MIN_TIME_US) & (us < _MAX_TIME_US)
+
+
+def _cast_times(s: pa.Array, ok: np.ndarray) -> np.ndarray | None:
+    try:
+        return _numpy(pc.cast(pc.cast(pc.if_else(_arrow(ok), s, pa.nulls(len(s), s.type)), _TS), pa.int64()), null=-1)
+    except pa.ArrowInvalid:
+        return None
+
+
+def _python_reads(s: pa.Array) -> np.ndarray:
+    def reads(x):
+        try:
+            datetime.fromisoformat(x)
+            return True
+        except (TypeError, ValueError):
+            return False
+
+    return np.array([reads(x) for x in s.to_pylist()], bool)
+
+
+def _extra_fields(table: pa.Table, col: dict, buf: bytes) -> np.ndarray:
+    """Rows with a field the contract does not know: they take the reference path, which keeps it.
+
+    pyarrow gives such a field a column, null where a row lacks it, and where a row has it null:
+    a row whose line names the field is flagged too."""
+    flagged = np.zeros(table.num_rows, bool)
+    extras = [name for name in table.schema.names if name not in SCHEMA.names]
+    if not extras:
+        return flagged
+    lines = None
+    for name in extras:
+        valid = _numpy(col[name].is_valid())
+        flagged |= valid
+        if not valid.all():
+            lines = lines or buf.split(b"\n")
+            key = orjson.dumps(name)
+            flagged |= np.array([key in line for line in lines[: table.num_rows]], bool)
     return flagged
 
 
-def _row_numbers(n: int) -> pa.Array:
-    """0..n-1 as int64, built from a NumPy buffer: `pa.array` on Python objects imports pandas
-    (0.4 s per worker) when it is installed, and the clean path needs none of it."""
-    return pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(np.arange(n, dtype=np.int64))])
+def _repeated_in_row(r: np.ndarray, mid: pa.Array) -> np.ndarray:
+    """Rows where one message id is used twice."""
+    counts = pa.Table.from_arrays([_arrow(r), mid], names=["r", "m"]).group_by(["r", "m"]).aggregate([("r", "count")])
+    return _numpy(counts.column("r").combine_chunks())[_numpy(counts.column("r_count").combine_chunks()) > 1]
 
 
-def _sql_str(s: str) -> str:
-    return s.replace("'", "''")
+def _external_parents(r: np.ndarray, mid: pa.Array, parent_raw: pa.Array, keep: np.ndarray) -> np.ndarray:
+    """Turns of kept rows whose given parent is not a message of the same conversation (the merge
+    stage checks those against the batch and the store)."""
+    given = np.flatnonzero((_numpy(pc.binary_length(parent_raw), null=0) > 0) & keep[r])
+    if not len(given):
+        return given
+    asked = pa.Table.from_arrays([_arrow(given), _arrow(r[given]), parent_raw.take(_arrow(given))], names=["t", "r", "p"])
+    own = pa.Table.from_arrays([_arrow(r), mid], names=["r", "p"])
+    missing = asked.join(own, keys=["r", "p"], join_type="left anti")
+    return np.sort(_numpy(missing.column("t").combine_chunks()))
+
+
+def _lineage(task: Task, first_line: int, rows: np.ndarray) -> list[pa.Array]:
+    n = len(rows)
+    return [_arrow(np.full(n, task.batch_no, np.int32)), _repeat(_strings([task.path]), n),
+            _arrow(first_line + rows.astype(np.int64)), _arrow(np.full(n, task.task_id, np.int32))]  # fmt: skip

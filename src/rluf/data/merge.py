@@ -94,6 +94,8 @@ def decide(con, store: Store, results: list[TaskResult], tasks: dict[int, Task])
 
     # A message id may belong to one record only (nested ids can collide with flat ones). Group the
     # ids' hashes; compare the strings only where hashes repeat.
+    con.execute("CREATE OR REPLACE TEMP VIEW s_message_keys AS SELECT block, source_line AS line, hash(message_id) AS h "
+                "FROM s_messages")
     con.execute("CREATE OR REPLACE TEMP TABLE repeated_h AS SELECT h FROM s_message_keys GROUP BY h HAVING count(*) > 1")
     n_repeated = con.execute("SELECT count(*) FROM repeated_h").fetchone()[0] and con.execute("""
         CREATE OR REPLACE TEMP TABLE repeated AS

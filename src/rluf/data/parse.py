@@ -45,9 +45,6 @@ SCHEMAS = {
     "ledger": pa.schema([("kind", pa.string()), ("key", pa.string()), *_LINEAGE]),
     "external_parents": pa.schema([("block", pa.int32()), ("line", pa.int64()), ("message_id", pa.string()),
                                    ("parent_id", pa.string())]),  # fmt: skip
-    # DuckDB hash() of every staged message id: the batch-wide uniqueness check groups these
-    # integers instead of the strings (only meaningful within one batch, never stored).
-    "message_keys": pa.schema([("block", pa.int32()), ("line", pa.int64()), ("h", pa.uint64())]),
 }
 _DICTIONARY_COLUMNS = {"role", "policy", "category", "reaction", "action", "kind", "source_file", "batch_no", "block"}
 _FREE_TEXT_COLUMNS = {"text", "extra"}
@@ -143,10 +140,6 @@ class Stager:
                 arrays = [pa.array(col, type=f.type) for col, f in zip(zip(*rows), schema)]
                 data = pa.Table.from_arrays(arrays, schema=schema)
                 self._writer(table).write_table(data)
-                if table == "messages":
-                    keys = worker_connection().from_arrow(data).project(
-                        "block, source_line AS line, hash(message_id) AS h").to_arrow_table()  # fmt: skip
-                    self._writer("message_keys").write_table(keys.cast(SCHEMAS["message_keys"]))
                 rows.clear()
 
     def close(self) -> dict[str, str]:
@@ -154,9 +147,6 @@ class Stager:
         for w in self.writers.values():
             w.close()
         return {t: f"{self.base}-{t}.parquet" for t in self.writers}
-
-
-_connection = None
 
 
 def init_worker() -> None:
@@ -168,17 +158,6 @@ def init_worker() -> None:
     """
     if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
         pa.set_memory_pool(pa.system_memory_pool())
-
-
-def worker_connection():
-    """One single-threaded DuckDB connection per worker process."""
-    global _connection
-    if _connection is None:
-        import duckdb
-
-        _connection = duckdb.connect(config={"threads": 1, "memory_limit": "512MB"})
-        _connection.execute("SET TimeZone='UTC'")
-    return _connection
 
 
 def open_input(path, mode: str = "rt", **kw):

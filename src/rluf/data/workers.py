@@ -13,7 +13,7 @@ from multiprocessing import forkserver
 
 # Not pandas: pyarrow imports it (0.4 s) at its first conversion of Python objects, which the
 # vectorized path avoids; a worker that falls back to the reference validator imports it then.
-PRELOAD = ["rluf.data.parse", "rluf.data.fastpath", "duckdb"]
+PRELOAD = ["rluf.data.parse", "rluf.data.fastpath"]
 
 
 def context():
