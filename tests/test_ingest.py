@@ -954,3 +954,22 @@ def test_gzip_compressed_jsonl_and_csv_read_like_plain_files(tmp_path, monkeypat
     (tmp_path / "x.parquet.gz").write_bytes(b"")
     with pytest.raises(IngestError, match="decompress"):
         ingest([tmp_path / "x.parquet.gz"], tmp_path / "s")
+
+
+def test_workers_are_forked_only_from_a_single_threaded_process():
+    """Forking copies a lock another thread holds; with a thread running, a fork server starts them."""
+    import subprocess
+    import sys
+
+    script = """
+import threading
+from rluf.data import workers
+print(workers.context().get_start_method())
+stop = threading.Event()
+t = threading.Thread(target=stop.wait)
+t.start()
+print(workers.context().get_start_method())
+stop.set()
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["fork", "forkserver"], out.stderr

@@ -42,20 +42,16 @@ def ingest(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Validate logs into the store; bad records go to STORE/rejects.jsonl, counts always reconcile."""
-    if workers != 1:
-        from .data.workers import start_server
-
-        start_server()  # the parsing workers' server imports while this process does
     from .data.contract import Limits
     from .data.ingest import IngestError, ingest as run_ingest
     from .data.store import StoreError
 
     try:
-        with _progress("ingest") as (progress, task):
+        with _progress("ingest", lazy=True) as progress:
             summary = run_ingest(
                 paths, store, fmt=fmt, kind=layout, max_reject_rate=max_reject_rate,
                 limits=Limits(max_text_chars=max_text_chars), workers=workers, memory_limit=memory_limit,
-                progress=lambda done, total: progress.update(task, completed=done, total=total),
+                progress=progress,
             )  # fmt: skip
     except (IngestError, StoreError) as exc:
         _fail(str(exc))
@@ -90,17 +86,33 @@ def _print_ingest(d: dict) -> None:
 
 
 class _progress:
-    def __init__(self, label: str):
-        self.label = label
+    """A progress bar on a terminal. With `lazy` it is shown from its first update: the ingest
+    starts its worker processes first, which it forks only while this process has no other thread
+    (the bar's refresh thread is one)."""
+
+    def __init__(self, label: str, lazy: bool = False):
+        self.p = Progress(TextColumn(f"[bold]{label}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                          console=err, transient=True, disable=not err.is_terminal)  # fmt: skip
+        self.task = self.p.add_task(label, total=None)
+        self.lazy, self.started = lazy, False
 
     def __enter__(self):
-        self.p = Progress(TextColumn(f"[bold]{self.label}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
-                          console=err, transient=True, disable=not err.is_terminal)  # fmt: skip
-        self.p.__enter__()
-        return self.p, self.p.add_task(self.label, total=None)
+        if not self.lazy:
+            self._start()
+        return self.update
+
+    def _start(self) -> None:
+        self.p.start()
+        self.started = True
+
+    def update(self, done: int, total: int) -> None:
+        if not self.started:
+            self._start()
+        self.p.update(self.task, completed=done, total=total)
 
     def __exit__(self, *exc):
-        return self.p.__exit__(*exc)
+        if self.started:
+            self.p.stop()
 
 
 @app.command()

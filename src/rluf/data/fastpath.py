@@ -133,7 +133,7 @@ def _validate_table(task: Task, table: pa.Table, buf: bytes, first_line: int, st
     if mid.null_count:
         default = pc.binary_join_element_wise(cid_m, pc.cast(_arrow(i), pa.string()), _COLON)
         mid = pc.coalesce(mid, default)
-    if n_msgs and pc.count_distinct(mid).as_py() < n_msgs:
+    if n_msgs and len(pc.unique(mid)) < n_msgs:
         bad[_repeated_in_row(r, mid)] = True
     parent_raw = turn["parent_id"]
     previous = mid.take(_arrow(np.maximum(np.arange(n_msgs) - 1, 0)))

@@ -320,6 +320,8 @@ def _parse_all(planned, batch_no: int, staging: str, limits: Limits, workers: in
             for task in iter_tasks(planned, batch_no):
                 tasks[task.task_id] = dataclasses.replace(task, data=None)  # the bytes go to the worker only
                 pending.append((task, pool.submit(run_task, task, staging, limits, vectorized)))
+                if task.task_id == 0:
+                    import duckdb  # noqa: F401  the merge stage's, imported while the workers parse
                 while len(pending) > 2 * workers:  # bounded memory: at most 2 blocks per worker in flight
                     t, fut = pending.popleft()
                     finished(t, fut.result())

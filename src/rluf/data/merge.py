@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
 import pyarrow as pa
 
 from .parse import DATA_TABLES, SCHEMAS, STORED_TABLES, Task, TaskResult, reject
 from .store import Store, _sql_list
+
+if TYPE_CHECKING:
+    import duckdb
 
 CONFLICT_STORED = ("id already in the store with different content; a stored record is never changed: send late "
                    "reactions as flat reaction events, or give the new record its own id")  # fmt: skip
@@ -23,6 +26,8 @@ CONFLICT_BATCH = "id appears earlier in this batch with different content; ids m
 
 
 def connect(staging: Path, memory_limit: str, threads: int | None) -> duckdb.DuckDBPyConnection:
+    import duckdb  # imported here: the ingest forks its workers before it needs DuckDB
+
     con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(staging / "duckdb.tmp"),
                                  "preserve_insertion_order": False})  # fmt: skip
     con.execute("SET TimeZone='UTC'")

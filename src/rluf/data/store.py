@@ -24,8 +24,10 @@ import fcntl
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
+if TYPE_CHECKING:
+    import duckdb
 
 STORED_TABLES = ("conversations", "messages", "reaction_events", "user_overrides", "ledger")
 MANIFEST_VERSION = 1
@@ -109,6 +111,8 @@ class Store:
         start, end = retention_days
         if not 0 <= start < end:
             raise ValueError(f"retention window {retention_days} must satisfy 0 <= start < end")
+        import duckdb
+
         con = duckdb.connect(config={"memory_limit": memory_limit})
         con.execute("SET TimeZone='UTC'")
         if threads:
