@@ -184,3 +184,17 @@ def test_vectorized_times_match_the_reference_parser():
     for value, cleared, got in zip(values, ok, us):  # the reference path decides the others
         if cleared:
             assert got == parse_time(value, "time"), value
+
+
+def test_utf8_check_is_as_strict_as_python():
+    from rluf.data.fastpath import _is_utf8
+
+    samples = [b"abc", b"", "é😀".encode(), b"\xef\xbf\xbf", b"\xed\xa0\x80", b"\xc0\xaf", b"\xf4\x90\x80\x80",
+               b"\xff", b"\xe2\x82", b'{"text": "\xe2\x82"}']  # fmt: skip
+    for b in samples:
+        try:
+            b.decode("utf-8")
+            expected = True
+        except UnicodeDecodeError:
+            expected = False
+        assert _is_utf8(b) == expected, b

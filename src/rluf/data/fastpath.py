@@ -52,9 +52,9 @@ def _run_range(task: Task, buf: bytes, first_line: int, stager: Stager, rejects:
     # pyarrow 26 crashes (SIGSEGV) on a range whose first value is not an object, e.g. `null`.
     if buf.lstrip()[:1] == b"{":
         try:
-            buf.decode("utf-8")  # pyarrow does not validate UTF-8 inside nested strings
-            table = pj.read_json(io.BytesIO(buf), read_options=_READ, parse_options=_PARSE)
-        except (pa.ArrowInvalid, UnicodeDecodeError, pa.ArrowNotImplementedError):
+            if _is_utf8(buf):  # pyarrow does not validate UTF-8 inside nested strings
+                table = pj.read_json(io.BytesIO(buf), read_options=_READ, parse_options=_PARSE)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             table = None
     if table is None or table.num_rows != n_lines or table.schema.field("turns").type != SCHEMA.field("turns").type:
         # Unparseable, blank lines, or unknown fields inside turns: split, or go line by line.
@@ -73,6 +73,18 @@ def _run_range(task: Task, buf: bytes, first_line: int, stager: Stager, rejects:
         for r in flagged:
             run_jsonl_lines(task, [lines[r]], first_line + r, stager, rejects, limits)
     return n_lines, 0
+
+
+def _is_utf8(buf: bytes) -> bool:
+    """Whether `buf` is valid UTF-8, checked by Arrow (as strictly as Python's codec, without
+    decoding a copy)."""
+    data = pa.Array.from_buffers(pa.large_binary(), 1, [None, pa.py_buffer(np.array([0, len(buf)], np.int64)),
+                                                         pa.py_buffer(buf)])  # fmt: skip
+    try:
+        data.cast(pa.large_string())
+        return True
+    except pa.ArrowInvalid:
+        return False
 
 
 def _validate_table(task: Task, table: pa.Table, buf: bytes, first_line: int, stager: Stager,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import csv
 import dataclasses
+import mmap
 import os
 import shutil
 import time
@@ -28,6 +29,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import orjson
 import pyarrow.parquet as pq
 
@@ -177,24 +179,9 @@ def iter_tasks(planned: list[tuple[Path, str, str | None]], batch_no: int = 0) -
                     task_id += 1
                     line += block.count(b"\n")
         elif fmt in ("jsonl", importers.OASST, importers.OASST_TREE):
-            size = path.stat().st_size
-            with open(path, "rb") as f:
-                pos, line = 0, 1
-                while pos < size:
-                    f.seek(pos)
-                    block = f.read(BLOCK_BYTES)
-                    if pos + len(block) < size:  # extend to the end of the line the block cut
-                        rest = b""
-                        while not rest.endswith(b"\n"):
-                            more = f.readline()
-                            if not more:
-                                break
-                            rest += more
-                        block += rest
-                    yield Task(task_id, str(path), fmt, kind, batch_no, first_line=line, offset=pos, length=len(block))
-                    task_id += 1
-                    line += block.count(b"\n")
-                    pos += len(block)
+            for offset, length, line in _line_blocks(path):
+                yield Task(task_id, str(path), fmt, kind, batch_no, first_line=line, offset=offset, length=length)
+                task_id += 1
         elif fmt == "parquet":
             meta = pq.ParquetFile(path).metadata
             first_row, group, rows = 1, [], 0
@@ -212,6 +199,33 @@ def iter_tasks(planned: list[tuple[Path, str, str | None]], batch_no: int = 0) -
         else:
             yield Task(task_id, str(path), fmt, kind, batch_no)
             task_id += 1
+
+
+def _line_blocks(path: Path) -> Iterator[tuple[int, int, int]]:
+    """(offset, length, first line number) of blocks of whole lines of about BLOCK_BYTES.
+
+    The file is mapped, not read: the workers read the blocks; here only their newlines are counted,
+    and the counted pages are let go at once (the memory of this process stays that of one block).
+    """
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        data = np.frombuffer(mm, np.uint8)
+        try:
+            pos, line = 0, 1
+            while pos < size:
+                end = min(pos + BLOCK_BYTES, size)
+                if end < size:  # extend to the end of the line the block cut
+                    newline = mm.find(b"\n", end - 1)
+                    end = size if newline < 0 else newline + 1
+                yield pos, end - pos, line
+                line += int(np.count_nonzero(data[pos:end] == 10))
+                done = end - end % mmap.PAGESIZE
+                mm.madvise(mmap.MADV_DONTNEED, 0, done)  # counted: out of this process's memory
+                pos = end
+        finally:
+            del data  # the map closes only once no array views it
 
 
 @dataclasses.dataclass
@@ -320,11 +334,12 @@ def _parse_all(planned, batch_no: int, staging: str, limits: Limits, workers: in
             for task in iter_tasks(planned, batch_no):
                 tasks[task.task_id] = dataclasses.replace(task, data=None)  # the bytes go to the worker only
                 pending.append((task, pool.submit(run_task, task, staging, limits, vectorized)))
-                if task.task_id == 0:
-                    import duckdb  # noqa: F401  the merge stage's, imported while the workers parse
-                while len(pending) > 2 * workers:  # bounded memory: at most 2 blocks per worker in flight
+                if len(pending) > 2 * workers:  # bounded memory: at most 2 blocks per worker in flight
+                    _import_duckdb()
+                while len(pending) > 2 * workers:
                     t, fut = pending.popleft()
                     finished(t, fut.result())
+            _import_duckdb()
             while pending:
                 t, fut = pending.popleft()
                 finished(t, fut.result())
@@ -332,6 +347,12 @@ def _parse_all(planned, batch_no: int, staging: str, limits: Limits, workers: in
         progress(total, total)
     results.sort(key=lambda r: r.task_id)
     return results, tasks
+
+
+def _import_duckdb() -> None:
+    """The merge stage's DuckDB, imported while the workers parse: once every worker has its tasks
+    (before, the import would hold back their submission)."""
+    import duckdb  # noqa: F401
 
 
 def _merge_and_commit(store: Store, manifest: dict, results: list[TaskResult], tasks: dict[int, Task],
