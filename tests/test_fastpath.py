@@ -198,3 +198,30 @@ def test_utf8_check_is_as_strict_as_python():
         except UnicodeDecodeError:
             expected = False
         assert _is_utf8(b) == expected, b
+
+
+def test_fixed_width_time_check_matches_the_regex():
+    """The byte-by-byte check of 20-byte times agrees with the regex it stands in for."""
+    import io
+
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.json as pj
+
+    from rluf.data.fastpath import _ZONED, _numpy, _utc_seconds
+
+    rng = random.Random(0)
+    alphabet = "0123456789-:TZ .+/a\x00"
+    values = []
+    for _ in range(5000):
+        chars = list(f"{rng.randrange(1900, 2200)}-{rng.randrange(100):02d}-{rng.randrange(100):02d}T"
+                     f"{rng.randrange(30):02d}:{rng.randrange(70):02d}:{rng.randrange(70):02d}Z")  # fmt: skip
+        for _ in range(rng.choice([0, 0, 1, 2])):
+            chars[rng.randrange(20)] = rng.choice(alphabet)
+        values.append("".join(chars))
+    arr = pj.read_json(io.BytesIO(b"\n".join(orjson.dumps({"t": v}) for v in values))).column("t").combine_chunks()
+    expected = _numpy(pc.match_substring_regex(arr, _ZONED))
+    assert 0.2 < expected.mean() < 0.8
+    assert np.array_equal(_utc_seconds(arr), expected)
+    assert _utc_seconds(arr.slice(7)).tolist() == expected[7:].tolist()  # a sliced array
+    assert _utc_seconds(pj.read_json(io.BytesIO(b'{"t": "2026-01-01T00:00:00.5Z"}')).column("t").combine_chunks()) is None

@@ -255,7 +255,9 @@ def _times(s: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     validator read, to the same value, inside the contract's range. Naive times mean UTC."""
     if len(s) == 0:
         return np.zeros(0, np.int64), np.zeros(0, bool)
-    ok = _numpy(pc.match_substring_regex(s, _ZONED))
+    ok = _utc_seconds(s)
+    if ok is None:
+        ok = _numpy(pc.match_substring_regex(s, _ZONED))
     if not ok.all():
         naive = _numpy(pc.match_substring_regex(s, _NAIVE))
         if naive.any():
@@ -270,9 +272,27 @@ def _times(s: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return us, ok & (us >= _MIN_TIME_US) & (us < _MAX_TIME_US)
 
 
+def _utc_seconds(s: pa.Array) -> np.ndarray | None:
+    """Where every string is 20 bytes long (the usual `2026-01-31T09:30:00Z`), `_ZONED` matched in
+    NumPy, byte by byte; None otherwise."""
+    offsets = np.frombuffer(s.buffers()[1], np.int32, count=s.offset + len(s) + 1)[s.offset :]
+    if s.null_count or offsets[-1] - offsets[0] != 20 * len(s) or (np.diff(offsets) != 20).any():
+        return None
+    b = np.frombuffer(s.buffers()[2], np.uint8, count=offsets[-1] - offsets[0], offset=offsets[0]).reshape(-1, 20)
+    digit = b[:, _DIGITS] - 48  # bytes below "0" wrap around: not digits
+    ok = (digit <= 9).all(axis=1) & (b[:, _PUNCTUATION] == _EXPECTED).all(axis=1) & ((b[:, 10] == 84) | (b[:, 10] == 32))
+    hour, minute, second = (digit[:, k] * 10 + digit[:, k + 1] for k in (8, 10, 12))
+    return ok & (hour < 24) & (minute < 60) & (second < 60)
+
+
+_DIGITS = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]  # YYYY MM DD hh mm ss
+_PUNCTUATION, _EXPECTED = [4, 7, 13, 16, 19], np.frombuffer(b"--::Z", np.uint8)  # and "T" or " " at 10
+
+
 def _cast_times(s: pa.Array, ok: np.ndarray) -> np.ndarray | None:
     try:
-        return _numpy(pc.cast(pc.cast(pc.if_else(_arrow(ok), s, pa.nulls(len(s), s.type)), _TS), pa.int64()), null=-1)
+        valid = s if ok.all() else pc.if_else(_arrow(ok), s, pa.nulls(len(s), s.type))
+        return _numpy(pc.cast(pc.cast(valid, _TS), pa.int64()), null=-1)
     except pa.ArrowInvalid:
         return None
 
