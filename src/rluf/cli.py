@@ -9,7 +9,6 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(
     help="rluf: Reinforcement Learning from User Feedback: from production reactions to an aligned chat model.",
@@ -91,9 +90,13 @@ class _progress:
     (the bar's refresh thread is one)."""
 
     def __init__(self, label: str, lazy: bool = False):
-        self.p = Progress(TextColumn(f"[bold]{label}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
-                          console=err, transient=True, disable=not err.is_terminal)  # fmt: skip
-        self.task = self.p.add_task(label, total=None)
+        self.p = None
+        if err.is_terminal:  # elsewhere nothing is shown, and rich.progress is not even imported
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.p = Progress(TextColumn(f"[bold]{label}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                              console=err, transient=True)  # fmt: skip
+            self.task = self.p.add_task(label, total=None)
         self.lazy, self.started = lazy, False
 
     def __enter__(self):
@@ -102,16 +105,18 @@ class _progress:
         return self.update
 
     def _start(self) -> None:
-        self.p.start()
+        if self.p is not None:
+            self.p.start()
         self.started = True
 
     def update(self, done: int, total: int) -> None:
         if not self.started:
             self._start()
-        self.p.update(self.task, completed=done, total=total)
+        if self.p is not None:
+            self.p.update(self.task, completed=done, total=total)
 
     def __exit__(self, *exc):
-        if self.started:
+        if self.started and self.p is not None:
             self.p.stop()
 
 
@@ -469,6 +474,8 @@ def sft(
     settings = _apply_sets(_read_config(config), overrides, "max_rows=5000")
     try:
         cfg = SFTConfig.from_dict(settings)
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
         p = Progress(TextColumn("[bold]sft"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err, transient=True,
                      disable=not err.is_terminal)  # fmt: skip
@@ -544,6 +551,8 @@ def optimize(
     values = _apply_sets({}, overrides, "steps=10")
     try:
         cfg = load_config(config, values)
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
         p = Progress(TextColumn("[bold]optimize"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err, transient=True,
                      disable=not err.is_terminal)  # fmt: skip

@@ -92,7 +92,7 @@ def _validate_table(task: Task, table: pa.Table, buf: bytes, first_line: int, st
     """Stage every row the vectorized checks clear; return the row indices they do not."""
     n = table.num_rows
     idmax = limits.max_id_chars
-    col = {name: table.column(name).combine_chunks() for name in table.schema.names}
+    col = {name: _array(table.column(name)) for name in table.schema.names}
     cid, uid, turns = col["conversation_id"], col["user_id"], col["turns"]
     category, policy = _nullif_empty(col["category"]), _nullif_empty(col["policy"])
     bad = _over(cid, idmax, required=True) | _over(uid, idmax, required=True)
@@ -203,6 +203,11 @@ def _numpy(a: pa.Array, null=None) -> np.ndarray:
             raise ValueError(f"internal: unexpected nulls in a {a.type} array")
         values = np.where(_numpy(a.is_valid()), values, null)
     return values.astype(bool) if boolean else values
+
+
+def _array(column: pa.ChunkedArray) -> pa.Array:
+    """One array (a block parses to one chunk: taken as it is, where combine_chunks would copy it)."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def _arrow(values: np.ndarray) -> pa.Array:

@@ -20,9 +20,11 @@ from __future__ import annotations
 import concurrent.futures as cf
 import csv
 import dataclasses
+import importlib
 import mmap
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections import deque
@@ -334,12 +336,11 @@ def _parse_all(planned, batch_no: int, staging: str, limits: Limits, workers: in
             for task in iter_tasks(planned, batch_no):
                 tasks[task.task_id] = dataclasses.replace(task, data=None)  # the bytes go to the worker only
                 pending.append((task, pool.submit(run_task, task, staging, limits, vectorized)))
-                if len(pending) > 2 * workers:  # bounded memory: at most 2 blocks per worker in flight
-                    _import_duckdb()
-                while len(pending) > 2 * workers:
+                if task.task_id == 0:  # the workers exist now, so a thread may start: it loads the
+                    threading.Thread(target=importlib.import_module, args=("duckdb",)).start()  # merge's DuckDB
+                while len(pending) > 2 * workers:  # bounded memory: at most 2 blocks per worker in flight
                     t, fut = pending.popleft()
                     finished(t, fut.result())
-            _import_duckdb()
             while pending:
                 t, fut = pending.popleft()
                 finished(t, fut.result())
@@ -347,12 +348,6 @@ def _parse_all(planned, batch_no: int, staging: str, limits: Limits, workers: in
         progress(total, total)
     results.sort(key=lambda r: r.task_id)
     return results, tasks
-
-
-def _import_duckdb() -> None:
-    """The merge stage's DuckDB, imported while the workers parse: once every worker has its tasks
-    (before, the import would hold back their submission)."""
-    import duckdb  # noqa: F401
 
 
 def _merge_and_commit(store: Store, manifest: dict, results: list[TaskResult], tasks: dict[int, Task],
