@@ -10,7 +10,6 @@ accept exactly the same records and produce the same rows (tests/test_fastpath.p
 
 from __future__ import annotations
 
-import io
 from datetime import datetime
 
 import numpy as np
@@ -40,24 +39,30 @@ _NAIVE = _CLOCK + "$"
 
 
 def run_nested_jsonl(task: Task, stager: Stager, rejects: list[dict], limits: Limits) -> tuple[int, int]:
-    return _run_range(task, task.read_block(), task.first_line, stager, rejects, limits)
+    if task.data is not None:
+        return _run_range(task, task.data, task.first_line, stager, rejects, limits)
+    with pa.memory_map(task.path) as source:  # the block is mapped, not copied
+        source.seek(task.offset)
+        return _run_range(task, source.read_buffer(task.length), task.first_line, stager, rejects, limits)
 
 
-def _run_range(task: Task, buf: bytes, first_line: int, stager: Stager, rejects: list[dict],
+def _run_range(task: Task, buf: bytes | pa.Buffer, first_line: int, stager: Stager, rejects: list[dict],
                limits: Limits) -> tuple[int, int]:  # fmt: skip
-    n_lines = buf.count(b"\n") + (0 if buf.endswith(b"\n") else 1)
-    if not buf:
+    if not len(buf):
         return 0, 0
+    view = np.frombuffer(buf, np.uint8)
+    n_lines = int(np.count_nonzero(view == 10)) + int(view[-1] != 10)
     table = None
     # pyarrow 26 crashes (SIGSEGV) on a range whose first value is not an object, e.g. `null`.
-    if buf.lstrip()[:1] == b"{":
+    if view[0] == 123 or bytes(buf).lstrip()[:1] == b"{":
         try:
             if _is_utf8(buf):  # pyarrow does not validate UTF-8 inside nested strings
-                table = pj.read_json(io.BytesIO(buf), read_options=_READ, parse_options=_PARSE)
+                table = pj.read_json(pa.BufferReader(buf), read_options=_READ, parse_options=_PARSE)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             table = None
     if table is None or table.num_rows != n_lines or table.schema.field("turns").type != SCHEMA.field("turns").type:
         # Unparseable, blank lines, or unknown fields inside turns: split, or go line by line.
+        buf = bytes(buf)
         if n_lines <= MIN_RANGE_LINES:
             return run_jsonl_lines(task, buf.split(b"\n")[:n_lines], first_line, stager, rejects, limits)
         mid = buf.find(b"\n", len(buf) // 2)
@@ -69,13 +74,13 @@ def _run_range(task: Task, buf: bytes, first_line: int, stager: Stager, rejects:
         return r1 + r2, b1 + b2
     flagged = _validate_table(task, table, buf, first_line, stager, limits)
     if flagged:
-        lines = buf.split(b"\n")
+        lines = bytes(buf).split(b"\n")
         for r in flagged:
             run_jsonl_lines(task, [lines[r]], first_line + r, stager, rejects, limits)
     return n_lines, 0
 
 
-def _is_utf8(buf: bytes) -> bool:
+def _is_utf8(buf: bytes | pa.Buffer) -> bool:
     """Whether `buf` is valid UTF-8, checked by Arrow (as strictly as Python's codec, without
     decoding a copy)."""
     data = pa.Array.from_buffers(pa.large_binary(), 1, [None, pa.py_buffer(np.array([0, len(buf)], np.int64)),
@@ -87,7 +92,7 @@ def _is_utf8(buf: bytes) -> bool:
         return False
 
 
-def _validate_table(task: Task, table: pa.Table, buf: bytes, first_line: int, stager: Stager,
+def _validate_table(task: Task, table: pa.Table, buf: bytes | pa.Buffer, first_line: int, stager: Stager,
                     limits: Limits) -> list[int]:  # fmt: skip
     """Stage every row the vectorized checks clear; return the row indices they do not."""
     n = table.num_rows
@@ -313,7 +318,7 @@ def _python_reads(s: pa.Array) -> np.ndarray:
     return np.array([reads(x) for x in s.to_pylist()], bool)
 
 
-def _extra_fields(table: pa.Table, col: dict, buf: bytes) -> np.ndarray:
+def _extra_fields(table: pa.Table, col: dict, buf: bytes | pa.Buffer) -> np.ndarray:
     """Rows with a field the contract does not know: they take the reference path, which keeps it.
 
     pyarrow gives such a field a column, null where a row lacks it, and where a row has it null:
@@ -327,7 +332,7 @@ def _extra_fields(table: pa.Table, col: dict, buf: bytes) -> np.ndarray:
         valid = _numpy(col[name].is_valid())
         flagged |= valid
         if not valid.all():
-            lines = lines or buf.split(b"\n")
+            lines = lines or bytes(buf).split(b"\n")
             key = orjson.dumps(name)
             flagged |= np.array([key in line for line in lines[: table.num_rows]], bool)
     return flagged
