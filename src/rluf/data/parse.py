@@ -119,7 +119,8 @@ class Stager:
     def add_arrow(self, table: str, data: pa.Table) -> None:
         """Rows already in final form (from the vectorized path)."""
         if data.num_rows:
-            self._writer(table).write_table(data.cast(SCHEMAS[table]))
+            schema = SCHEMAS[table]
+            self._writer(table).write_table(data if data.schema.equals(schema) else data.cast(schema))
             if table == "ledger":
                 self.vectorized += data.num_rows
 
