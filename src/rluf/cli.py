@@ -36,7 +36,7 @@ def ingest(
     layout: Optional[str] = typer.Option(None, "--layout", help="conversation, message, reaction or user; default: from the first record."),
     max_reject_rate: float = typer.Option(0.01, help="Above this share of rejected records the batch is not committed and the exit code is 3."),
     max_text_chars: int = typer.Option(65_536, help="Longest message text accepted."),
-    workers: Optional[int] = typer.Option(None, help="Parsing processes (default: CPU count)."),
+    workers: Optional[int] = typer.Option(None, help="Parsing processes (default: CPU count, at most 8)."),
     memory_limit: str = typer.Option("1GB", help="DuckDB memory limit for the merge stage."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
