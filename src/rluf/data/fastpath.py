@@ -10,7 +10,9 @@ accept exactly the same records and produce the same rows (tests/test_fastpath.p
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
+from typing import Callable
 
 import numpy as np
 import orjson
@@ -72,11 +74,9 @@ def _run_range(task: Task, buf: bytes | pa.Buffer, first_line: int, stager: Stag
         r1, b1 = _run_range(task, left, first_line, stager, rejects, limits)
         r2, b2 = _run_range(task, right, first_line + left.count(b"\n"), stager, rejects, limits)
         return r1 + r2, b1 + b2
-    flagged = _validate_table(task, table, buf, first_line, stager, limits)
-    if flagged:
-        lines = bytes(buf).split(b"\n")
-        for r in flagged:
-            run_jsonl_lines(task, [lines[r]], first_line + r, stager, rejects, limits)
+    lines = functools.cache(lambda: bytes(buf).split(b"\n"))  # split at most once, when needed
+    for r in _validate_table(task, table, lines, first_line, stager, limits):
+        run_jsonl_lines(task, [lines()[r]], first_line + r, stager, rejects, limits)
     return n_lines, 0
 
 
@@ -92,8 +92,8 @@ def _is_utf8(buf: bytes | pa.Buffer) -> bool:
         return False
 
 
-def _validate_table(task: Task, table: pa.Table, buf: bytes | pa.Buffer, first_line: int, stager: Stager,
-                    limits: Limits) -> list[int]:  # fmt: skip
+def _validate_table(task: Task, table: pa.Table, lines: Callable[[], list[bytes]], first_line: int,
+                    stager: Stager, limits: Limits) -> list[int]:  # fmt: skip
     """Stage every row the vectorized checks clear; return the row indices they do not."""
     n = table.num_rows
     idmax = limits.max_id_chars
@@ -106,7 +106,7 @@ def _validate_table(task: Task, table: pa.Table, buf: bytes | pa.Buffer, first_l
     offsets -= offsets[0]  # a sliced list array's values start at its first offset
     n_turns = np.diff(offsets)
     bad |= _numpy(turns.is_null()) | (n_turns == 0) | (n_turns > limits.max_turns)
-    bad |= _extra_fields(table, col, buf)
+    bad |= _extra_fields(table, col, lines)
 
     # Turns: one row per message, `r` its conversation's row, `i` its index in the conversation.
     flat = turns.flatten()
@@ -139,7 +139,8 @@ def _validate_table(task: Task, table: pa.Table, buf: bytes | pa.Buffer, first_l
     ev = dict(zip((f.name for f in events.type), events.flatten()))
     etime, etime_ok = _times(ev["time"])
     action = ev["action"]
-    action_ok = _numpy(action.is_null()) | _numpy(pc.is_in(action, value_set=_ACTIONS))
+    no_action = _numpy(pc.binary_length(action), null=0) == 0  # null or "": add
+    action_ok = no_action | _numpy(pc.is_in(action, value_set=_ACTIONS))
     bad_event = _numpy(events.is_null()) | _over(ev["name"], idmax, required=True) | ~action_ok
     bad_event |= _over(ev["user_id"], idmax, required=True, null_ok=True) | ~etime_ok | (etime < mtime[tr])
     bad[r[tr[bad_event]]] = True
@@ -161,7 +162,7 @@ def _validate_table(task: Task, table: pa.Table, buf: bytes | pa.Buffer, first_l
     rows = _lineage(task, first_line, np.arange(n))
     uid_m, event_rows = uid.take(_arrow(r)), r[tr]
     seq = np.arange(len(tr)) - np.searchsorted(event_rows, event_rows)  # events before it in its conversation
-    action = pc.if_else(_arrow(_numpy(pc.binary_length(action), null=0) == 0), _repeat(_ADD, len(tr)), action)
+    action = pc.if_else(_arrow(no_action), _repeat(_ADD, len(tr)), action)
     tables = {
         "conversations": ([cid, uid, _timestamps(started_at), category, policy, _arrow(n_turns.astype(np.int32)),
                            pa.nulls(n, pa.string()), *rows], None),
@@ -215,16 +216,17 @@ def _array(column: pa.ChunkedArray) -> pa.Array:
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
-def _arrow(values: np.ndarray) -> pa.Array:
+def _arrow(values: np.ndarray, arrow_type: pa.DataType | None = None) -> pa.Array:
+    """A NumPy array as Arrow, of `arrow_type` (by default the one of its dtype)."""
     if values.dtype == np.bool_:
         bits = np.packbits(values, bitorder="little")
         return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(bits)])
     values = np.ascontiguousarray(values)
-    return pa.Array.from_buffers(_ARROW_TYPES[values.dtype], len(values), [None, pa.py_buffer(values)])
+    return pa.Array.from_buffers(arrow_type or _ARROW_TYPES[values.dtype], len(values), [None, pa.py_buffer(values)])
 
 
 def _timestamps(us: np.ndarray) -> pa.Array:
-    return pa.Array.from_buffers(_TS, len(us), [None, pa.py_buffer(np.ascontiguousarray(us, np.int64))])
+    return _arrow(us.astype(np.int64, copy=False), _TS)
 
 
 def _strings(values: list[str]) -> pa.Array:
@@ -242,7 +244,7 @@ _TS = pa.timestamp("us", "UTC")
 _ROLES = _strings(sorted(ROLES))
 _ACTIONS = _strings(sorted(ACTIONS))
 _ADD, _CONVERSATION = _strings(["add"]), _strings([CONVERSATION])
-_COLON, _Z = _strings([":"])[0], "Z"
+_COLON = _strings([":"])[0]
 
 
 def _over(a: pa.Array, max_bytes: int, required: bool = False, null_ok: bool = False) -> np.ndarray:
@@ -271,7 +273,7 @@ def _times(s: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     if not ok.all():
         naive = _numpy(pc.match_substring_regex(s, _NAIVE))
         if naive.any():
-            s = pc.if_else(_arrow(naive), pc.utf8_replace_slice(s, 64, 64, _Z), s)
+            s = pc.if_else(_arrow(naive), pc.utf8_replace_slice(s, 64, 64, "Z"), s)
             ok |= naive
     us = _cast_times(s, ok)
     if us is None:  # a calendar-impossible date (2026-02-30): leave it to the reference validator
@@ -318,23 +320,18 @@ def _python_reads(s: pa.Array) -> np.ndarray:
     return np.array([reads(x) for x in s.to_pylist()], bool)
 
 
-def _extra_fields(table: pa.Table, col: dict, buf: bytes | pa.Buffer) -> np.ndarray:
+def _extra_fields(table: pa.Table, col: dict, lines: Callable[[], list[bytes]]) -> np.ndarray:
     """Rows with a field the contract does not know: they take the reference path, which keeps it.
 
     pyarrow gives such a field a column, null where a row lacks it, and where a row has it null:
     a row whose line names the field is flagged too."""
     flagged = np.zeros(table.num_rows, bool)
-    extras = [name for name in table.schema.names if name not in SCHEMA.names]
-    if not extras:
-        return flagged
-    lines = None
-    for name in extras:
+    for name in (name for name in table.schema.names if name not in SCHEMA.names):
         valid = _numpy(col[name].is_valid())
         flagged |= valid
         if not valid.all():
-            lines = lines or bytes(buf).split(b"\n")
             key = orjson.dumps(name)
-            flagged |= np.array([key in line for line in lines[: table.num_rows]], bool)
+            flagged |= np.array([key in line for line in lines()[: table.num_rows]], bool)
     return flagged
 
 

@@ -215,7 +215,7 @@ def _line_blocks(path: Path) -> Iterator[tuple[int, int, int]]:
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         data = np.frombuffer(mm, np.uint8)
         try:
-            pos, line = 0, 1
+            pos, line, released = 0, 1, 0
             while pos < size:
                 end = min(pos + BLOCK_BYTES, size)
                 if end < size:  # extend to the end of the line the block cut
@@ -223,9 +223,9 @@ def _line_blocks(path: Path) -> Iterator[tuple[int, int, int]]:
                     end = size if newline < 0 else newline + 1
                 yield pos, end - pos, line
                 line += int(np.count_nonzero(data[pos:end] == 10))
-                done = end - end % mmap.PAGESIZE
-                mm.madvise(mmap.MADV_DONTNEED, 0, done)  # counted: out of this process's memory
-                pos = end
+                counted = end - end % mmap.PAGESIZE  # whole pages only: out of this process's memory
+                mm.madvise(mmap.MADV_DONTNEED, released, counted - released)
+                pos, released = end, counted
         finally:
             del data  # the map closes only once no array views it
 
