@@ -99,7 +99,7 @@ def _validate_table(task: Task, table: pa.Table, lines: Callable[[], list[bytes]
     idmax = limits.max_id_chars
     col = {name: _array(table.column(name)) for name in table.schema.names}
     cid, uid, turns = col["conversation_id"], col["user_id"], col["turns"]
-    category, policy = _nullif_empty(col["category"]), _nullif_empty(col["policy"])
+    category, policy = (pc.dictionary_encode(_nullif_empty(col[name])) for name in ("category", "policy"))
     bad = _over(cid, idmax, required=True) | _over(uid, idmax, required=True)
     bad |= _over(col["category"], idmax) | _over(col["policy"], idmax)
     offsets = _numpy(turns.offsets).astype(np.int64)
@@ -118,7 +118,8 @@ def _validate_table(task: Task, table: pa.Table, lines: Callable[[], list[bytes]
     texts = turn["text"]
     n_reactions = _numpy(pc.list_value_length(turn["reactions"]), null=0)
     bad_turn = _over(turn["message_id"], idmax, required=True, null_ok=True) | _over(turn["parent_id"], idmax)
-    bad_turn |= ~_numpy(pc.is_in(turn["role"], value_set=_ROLES)) | ~time_ok | (n_reactions > limits.max_reactions)
+    role = pc.index_in(turn["role"], value_set=_ROLES)  # null: not a role
+    bad_turn |= ~_numpy(role.is_valid()) | ~time_ok | (n_reactions > limits.max_reactions)
     text_bytes = _numpy(pc.binary_length(texts), null=-1)
     bad_turn |= (text_bytes < 0) | (text_bytes > limits.max_text_chars)  # bytes >= characters: conservative
     bad[r[bad_turn]] = True
@@ -166,13 +167,14 @@ def _validate_table(task: Task, table: pa.Table, lines: Callable[[], list[bytes]
     tables = {
         "conversations": ([cid, uid, _timestamps(started_at), category, policy, _arrow(n_turns.astype(np.int32)),
                            pa.nulls(n, pa.string()), *rows], None),
-        "messages": ([mid, cid_m, parent, _arrow(i.astype(np.int32)), uid_m, turn["role"], texts, _timestamps(mtime),
+        "messages": ([mid, cid_m, parent, _arrow(i.astype(np.int32)), uid_m, pa.DictionaryArray.from_arrays(role, _ROLES),
+                      texts, _timestamps(mtime),
                       policy.take(_arrow(r)), category.take(_arrow(r)), pa.nulls(n_msgs, pa.string()),
                       *_lineage(task, first_line, r)], r),
         "reaction_events": ([mid.take(_arrow(tr)), pc.coalesce(ev["user_id"], uid_m.take(_arrow(tr))), ev["name"],
                              action, _timestamps(etime), _arrow(seq.astype(np.int32)), *_lineage(task, first_line, event_rows)],
                             event_rows),
-        "ledger": ([_repeat(_CONVERSATION, n), cid, *rows], None),
+        "ledger": ([_label(CONVERSATION, n), cid, *rows], None),
     }  # fmt: skip
     keep = ~bad
     for name, (columns, row_of) in tables.items():
@@ -240,10 +242,15 @@ def _repeat(value: pa.Array, n: int) -> pa.Array:
     return value.take(_arrow(np.zeros(n, np.int64)))
 
 
+def _label(value: str, n: int) -> pa.DictionaryArray:
+    """`value` n times, as a dictionary array (no copy of the string)."""
+    return pa.DictionaryArray.from_arrays(_arrow(np.zeros(n, np.int32)), _strings([value]))
+
+
 _TS = pa.timestamp("us", "UTC")
 _ROLES = _strings(sorted(ROLES))
 _ACTIONS = _strings(sorted(ACTIONS))
-_ADD, _CONVERSATION = _strings(["add"]), _strings([CONVERSATION])
+_ADD = _strings(["add"])
 _COLON = _strings([":"])[0]
 
 
@@ -355,5 +362,5 @@ def _external_parents(r: np.ndarray, mid: pa.Array, parent_raw: pa.Array, keep: 
 
 def _lineage(task: Task, first_line: int, rows: np.ndarray) -> list[pa.Array]:
     n = len(rows)
-    return [_arrow(np.full(n, task.batch_no, np.int32)), _repeat(_strings([task.path]), n),
+    return [_arrow(np.full(n, task.batch_no, np.int32)), _label(task.path, n),
             _arrow(first_line + rows.astype(np.int64)), _arrow(np.full(n, task.task_id, np.int32))]  # fmt: skip

@@ -24,17 +24,20 @@ from .contract import CONVERSATION, Limits, RecordError, Unit
 
 RAW_KEEP_CHARS = 65_536  # how much of a rejected record's raw text the rejects file keeps
 
-_LINEAGE = [("batch_no", pa.int32()), ("source_file", pa.string()), ("source_line", pa.int64()), ("block", pa.int32())]
+# Columns of few distinct values are dictionary arrays: the vectorized path builds their indices
+# without copying or hashing the strings, and the Parquet writer writes them as they are.
+LABEL = pa.dictionary(pa.int32(), pa.string())
+_LINEAGE = [("batch_no", pa.int32()), ("source_file", LABEL), ("source_line", pa.int64()), ("block", pa.int32())]
 _TS = pa.timestamp("us", "UTC")
 SCHEMAS = {
     "conversations": pa.schema([
-        ("conversation_id", pa.string()), ("user_id", pa.string()), ("started_at", _TS), ("category", pa.string()),
-        ("policy", pa.string()), ("n_turns", pa.int32()), ("extra", pa.string()),
+        ("conversation_id", pa.string()), ("user_id", pa.string()), ("started_at", _TS), ("category", LABEL),
+        ("policy", LABEL), ("n_turns", pa.int32()), ("extra", pa.string()),
         *_LINEAGE]),  # fmt: skip
     "messages": pa.schema([
         ("message_id", pa.string()), ("conversation_id", pa.string()), ("parent_id", pa.string()),
-        ("turn_index", pa.int32()), ("user_id", pa.string()), ("role", pa.string()), ("text", pa.string()),
-        ("time", _TS), ("policy", pa.string()), ("category", pa.string()), ("extra", pa.string()),
+        ("turn_index", pa.int32()), ("user_id", pa.string()), ("role", LABEL), ("text", pa.string()),
+        ("time", _TS), ("policy", LABEL), ("category", LABEL), ("extra", pa.string()),
         *_LINEAGE]),  # fmt: skip
     "reaction_events": pa.schema([
         ("message_id", pa.string()), ("user_id", pa.string()), ("reaction", pa.string()), ("action", pa.string()),
@@ -42,7 +45,7 @@ SCHEMAS = {
     "user_overrides": pa.schema([("user_id", pa.string()), ("retained", pa.bool_()), *_LINEAGE]),
     # Side tables for the merge stage, never stored:
     # One row per staged record, in the form of the store's ledger (identity and lineage).
-    "ledger": pa.schema([("kind", pa.string()), ("key", pa.string()), *_LINEAGE]),
+    "ledger": pa.schema([("kind", LABEL), ("key", pa.string()), *_LINEAGE]),
     "external_parents": pa.schema([("block", pa.int32()), ("line", pa.int64()), ("message_id", pa.string()),
                                    ("parent_id", pa.string())]),  # fmt: skip
 }
@@ -131,6 +134,7 @@ class Stager:
                 f"{self.base}-{table}.parquet", schema, compression="snappy",
                 use_dictionary=[n for n in schema.names if n in _DICTIONARY_COLUMNS],
                 write_statistics=[n for n in schema.names if n not in _FREE_TEXT_COLUMNS],
+                store_schema=False,  # read back, a label column is a plain string, as in a rewritten file
             )  # fmt: skip
         return self.writers[table]
 
