@@ -225,3 +225,24 @@ def test_fixed_width_time_check_matches_the_regex():
     assert np.array_equal(_utc_seconds(arr), expected)
     assert _utc_seconds(arr.slice(7)).tolist() == expected[7:].tolist()  # a sliced array
     assert _utc_seconds(pj.read_json(io.BytesIO(b'{"t": "2026-01-01T00:00:00.5Z"}')).column("t").combine_chunks()) is None
+
+
+@pytest.mark.parametrize("longest", [1, 6, 16, 17, 40])
+def test_repeated_message_ids_in_a_row_found_by_lags_and_by_hashing(longest):
+    """Both ways of finding a conversation that uses one message id twice agree with a set."""
+    import numpy as np
+    import pyarrow as pa
+
+    from rluf.data.fastpath import _repeated_in_row
+
+    rng = random.Random(longest)
+    lengths = [rng.randint(1, longest) for _ in range(300)]
+    lengths[rng.randrange(300)] = longest
+    ids = [[f"m{rng.randrange(3 * n)}" for _ in range(n)] for n in lengths]  # repeats are common
+    expected = sorted(row for row, row_ids in enumerate(ids) if len(set(row_ids)) < len(row_ids))
+    r = np.repeat(np.arange(len(lengths)), lengths)
+    i = np.concatenate([np.arange(n) for n in lengths])
+    mid = pa.array([m for row_ids in ids for m in row_ids])
+    assert 0 < len(expected) < 300 or longest == 1
+    assert sorted(set(_repeated_in_row(r, i, mid, longest).tolist())) == expected
+    assert sorted(set(_repeated_in_row(r, i, mid, 10**6).tolist())) == expected  # hashed whatever the length
