@@ -224,6 +224,30 @@ def test_parquet_native_types(tmp_path):
         ("1", T0 * 1_000_000, 0), ("2", (T0 + 5) * 1_000_000, 1)]  # fmt: skip
 
 
+@pytest.mark.parametrize("vectorized", [True, False])
+def test_stored_files_read_with_plain_types(tmp_path, vectorized):
+    """Any Parquet reader sees a stored table in one schema, whether its block was moved into the
+    store as staged (label columns dictionary-encoded) or rewritten without its rejected rows."""
+    examples.write_nested_jsonl(tmp_path / "clean.jsonl", 40, seed=1)
+    rec = next(r for r in map(orjson.loads, (tmp_path / "clean.jsonl").read_bytes().splitlines())
+               if any(t.get("reactions") for t in r["turns"]))  # fmt: skip
+    rec["conversation_id"] = "copy"
+    for t in rec["turns"]:
+        t["message_id"] = "copy-" + t["message_id"]
+    write_jsonl(tmp_path / "dirty.jsonl", [rec, b'{"conversation_id": 1'])
+    s = ingest([tmp_path / "clean.jsonl", tmp_path / "dirty.jsonl"], tmp_path / "s", workers=1,
+               max_reject_rate=1.0, vectorized=vectorized)  # fmt: skip
+    assert s.committed and s.rejected == 1
+    for table in ("conversations", "messages", "reaction_events", "ledger"):
+        files = sorted((tmp_path / "s" / "tables" / table).glob("*.parquet"))
+        assert len(files) == 2, table  # one block per input file
+        schemas = [pq.read_schema(f) for f in files]
+        assert schemas[0] == schemas[1], table
+        assert not any(pa.types.is_dictionary(f.type) for f in schemas[0]), table
+    assert pq.read_schema(files[0]).field("source_file").type == pa.string()
+    assert pq.read_schema(tmp_path / "s/tables/messages" / files[0].name).field("time").type == pa.timestamp("us", "UTC")
+
+
 def test_nested_parquet_matches_nested_jsonl(tmp_path):
     rng = random.Random(11)
     convs = [examples.conversation(i, rng, turns=rng.randint(1, 5)) for i in range(25)]

@@ -51,6 +51,7 @@ SCHEMAS = {
 }
 _DICTIONARY_COLUMNS = {"role", "policy", "category", "reaction", "action", "kind", "source_file", "batch_no", "block"}
 _FREE_TEXT_COLUMNS = {"text", "extra"}
+_DELTA_COLUMNS = {"started_at", "time", "source_line"}  # increasing or close together: stored as deltas
 STORED_TABLES = ("conversations", "messages", "reaction_events", "user_overrides", "ledger")
 DATA_TABLES = ("conversations", "messages", "reaction_events", "user_overrides")
 _UNIT_ATTR = {"conversations": "conversations", "messages": "messages", "reaction_events": "reactions",
@@ -133,6 +134,7 @@ class Stager:
             self.writers[table] = pq.ParquetWriter(
                 f"{self.base}-{table}.parquet", schema, compression="snappy",
                 use_dictionary=[n for n in schema.names if n in _DICTIONARY_COLUMNS],
+                column_encoding={n: "DELTA_BINARY_PACKED" for n in schema.names if n in _DELTA_COLUMNS},
                 write_statistics=[n for n in schema.names if n not in _FREE_TEXT_COLUMNS],
                 store_schema=False,  # read back, a label column is a plain string, as in a rewritten file
             )  # fmt: skip
