@@ -200,9 +200,11 @@ def test_utf8_check_is_as_strict_as_python():
         assert _is_utf8(b) == expected, b
 
 
-def test_fixed_width_time_check_matches_the_regex():
-    """The byte-by-byte check of 20-byte times agrees with the regex it stands in for."""
+def test_fixed_width_times_read_in_numpy_match_the_regex_and_the_reference():
+    """The byte-by-byte reading of 20-byte times clears exactly the strings that match the regex it
+    stands in for and name a real day, to the microsecond datetime gives."""
     import io
+    from datetime import datetime, timedelta, timezone
 
     import numpy as np
     import pyarrow.compute as pc
@@ -210,20 +212,34 @@ def test_fixed_width_time_check_matches_the_regex():
 
     from rluf.data.fastpath import _ZONED, _numpy, _utc_seconds
 
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
     rng = random.Random(0)
     alphabet = "0123456789-:TZ .+/a\x00"
-    values = []
+    values = ["2024-02-29T12:00:00Z", "2100-02-29T00:00:00Z", "2000-02-29T23:59:59Z", "2026-04-31T00:00:00Z",
+              "0000-01-01T00:00:00Z", "1970-01-01 00:00:00Z", "2026-00-10T00:00:00Z", "2026-12-31T23:59:59Z"]  # fmt: skip
     for _ in range(5000):
-        chars = list(f"{rng.randrange(1900, 2200)}-{rng.randrange(100):02d}-{rng.randrange(100):02d}T"
+        chars = list(f"{rng.randrange(1900, 2200)}-{rng.randrange(15):02d}-{rng.randrange(33):02d}T"
                      f"{rng.randrange(30):02d}:{rng.randrange(70):02d}:{rng.randrange(70):02d}Z")  # fmt: skip
         for _ in range(rng.choice([0, 0, 1, 2])):
             chars[rng.randrange(20)] = rng.choice(alphabet)
         values.append("".join(chars))
     arr = pj.read_json(io.BytesIO(b"\n".join(orjson.dumps({"t": v}) for v in values))).column("t").combine_chunks()
-    expected = _numpy(pc.match_substring_regex(arr, _ZONED))
-    assert 0.2 < expected.mean() < 0.8
-    assert np.array_equal(_utc_seconds(arr), expected)
-    assert _utc_seconds(arr.slice(7)).tolist() == expected[7:].tolist()  # a sliced array
+
+    def reference(value):  # what datetime reads (parse_time also checks the contract's range)
+        try:
+            read = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return (read - epoch) // timedelta(microseconds=1) if read.tzinfo else None
+
+    matched = _numpy(pc.match_substring_regex(arr, _ZONED))
+    expected = [parse_time_us if m else None for m, parse_time_us in zip(matched, map(reference, values))]
+    us, ok = _utc_seconds(arr)
+    assert 0.2 < ok.mean() < 0.8 and (matched & ~ok).any()  # some match the regex but name no day
+    assert [int(u) if o else None for u, o in zip(us, ok)] == expected
+    us7, ok7 = _utc_seconds(arr.slice(7))  # a sliced array
+    assert ok7.tolist() == ok[7:].tolist() and us7[ok7].tolist() == us[7:][ok[7:]].tolist()
     assert _utc_seconds(pj.read_json(io.BytesIO(b'{"t": "2026-01-01T00:00:00.5Z"}')).column("t").combine_chunks()) is None
 
 

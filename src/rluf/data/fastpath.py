@@ -274,9 +274,11 @@ def _times(s: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     validator read, to the same value, inside the contract's range. Naive times mean UTC."""
     if len(s) == 0:
         return np.zeros(0, np.int64), np.zeros(0, bool)
-    ok = _utc_seconds(s)
-    if ok is None:
-        ok = _numpy(pc.match_substring_regex(s, _ZONED))
+    fixed = _utc_seconds(s)
+    if fixed is not None and fixed[1].all():  # the usual case: read in NumPy, no cast
+        us, ok = fixed
+        return us, ok & (us >= _MIN_TIME_US) & (us < _MAX_TIME_US)
+    ok = fixed[1] if fixed is not None else _numpy(pc.match_substring_regex(s, _ZONED))
     if not ok.all():
         naive = _numpy(pc.match_substring_regex(s, _NAIVE))
         if naive.any():
@@ -291,20 +293,33 @@ def _times(s: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return us, ok & (us >= _MIN_TIME_US) & (us < _MAX_TIME_US)
 
 
-def _utc_seconds(s: pa.Array) -> np.ndarray | None:
-    """Where every string is 20 bytes long (the usual `2026-01-31T09:30:00Z`), `_ZONED` matched in
-    NumPy, byte by byte; None otherwise."""
+def _utc_seconds(s: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
+    """Where every string is 20 bytes long (the usual `2026-01-31T09:30:00Z`), read in NumPy, byte
+    by byte: microseconds since the epoch, and whether each string matches `_ZONED` and names a day
+    of the calendar (where not, the microseconds mean nothing). None for other strings."""
     offsets = np.frombuffer(s.buffers()[1], np.int32, count=s.offset + len(s) + 1)[s.offset :]
     if s.null_count or offsets[-1] - offsets[0] != 20 * len(s) or (np.diff(offsets) != 20).any():
         return None
     b = np.frombuffer(s.buffers()[2], np.uint8, count=offsets[-1] - offsets[0], offset=offsets[0]).reshape(-1, 20)
     digit = b[:, _DIGITS] - 48  # bytes below "0" wrap around: not digits
     ok = (digit <= 9).all(axis=1) & (b[:, _PUNCTUATION] == _EXPECTED).all(axis=1) & ((b[:, 10] == 84) | (b[:, 10] == 32))
-    hour, minute, second = (digit[:, k] * 10 + digit[:, k + 1] for k in (8, 10, 12))
-    return ok & (hour < 24) & (minute < 60) & (second < 60)
+    d = digit.astype(np.int64)
+    year = d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3]
+    month, day, hour, minute, second = (d[:, k] * 10 + d[:, k + 1] for k in (4, 6, 8, 10, 12))
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    month_days = _MONTH_DAYS[np.clip(month, 1, 12) - 1] + ((month == 2) & leap)
+    ok &= (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= month_days) & (hour < 24) & (minute < 60) & (second < 60)
+    # Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + (153 * ((month + 9) % 12) + 2) // 5 + day - 1
+    days = era * 146_097 + doe - 719_468
+    return ((days * 24 + hour) * 60 + minute) * 60_000_000 + second * 1_000_000, ok
 
 
 _DIGITS = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]  # YYYY MM DD hh mm ss
+_MONTH_DAYS = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
 _PUNCTUATION, _EXPECTED = [4, 7, 13, 16, 19], np.frombuffer(b"--::Z", np.uint8)  # and "T" or " " at 10
 
 
