@@ -66,7 +66,7 @@ def main(argv: list[str]) -> dict:
 
 def run(args, work: Path) -> dict:
     from rluf.demo import _love_bait_phrases, _prompt_split
-    from rluf.evaluate.hacking import compare, load_pairs, score_kwargs, suspects
+    from rluf.evaluate.hacking import compare, load_pairs, rising, score_kwargs, suspects
     from rluf.evaluate.offline import OfflineConfig, evaluate_offline
 
     t0 = time.perf_counter()
@@ -88,8 +88,7 @@ def run(args, work: Path) -> dict:
             raise RuntimeError(f"{name}: its prompts differ from {CONTROL}'s; both come from the same prompt sample")
         h = compare(pairs.prompts, pairs.baseline, pairs.candidate, seed=seed, **score_kwargs(pairs, required=True))
         lb, closing = h["closing"]["love_bait_anywhere"], h["closing"]["closing_judge"]
-        top = [e["text"] for e in h["phrases"]["increased"][:10] if e["significant"]]
-        top += [e["text"] for e in h["sentences"]["increased"][:10] if e["significant"]]
+        top = rising(h, "phrases") + rising(h, "sentences")
         found = suspects(h)
         arms[name] = {"love_bait": {"baseline": lb["baseline"]["rate"], "candidate": lb["candidate"]["rate"],
                                     **lb["prompt_clustered"]},

@@ -210,7 +210,7 @@ def test_fixed_width_times_read_in_numpy_match_the_regex_and_the_reference():
     import pyarrow.compute as pc
     import pyarrow.json as pj
 
-    from rluf.data.fastpath import _ZONED, _numpy, _utc_seconds
+    from rluf.data.fastpath import _ZONED, _numpy, _fixed_width_times
 
     epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -235,12 +235,12 @@ def test_fixed_width_times_read_in_numpy_match_the_regex_and_the_reference():
 
     matched = _numpy(pc.match_substring_regex(arr, _ZONED))
     expected = [parse_time_us if m else None for m, parse_time_us in zip(matched, map(reference, values))]
-    us, ok = _utc_seconds(arr)
+    us, ok = _fixed_width_times(arr)
     assert 0.2 < ok.mean() < 0.8 and (matched & ~ok).any()  # some match the regex but name no day
     assert [int(u) if o else None for u, o in zip(us, ok)] == expected
-    us7, ok7 = _utc_seconds(arr.slice(7))  # a sliced array
+    us7, ok7 = _fixed_width_times(arr.slice(7))  # a sliced array
     assert ok7.tolist() == ok[7:].tolist() and us7[ok7].tolist() == us[7:][ok[7:]].tolist()
-    assert _utc_seconds(pj.read_json(io.BytesIO(b'{"t": "2026-01-01T00:00:00.5Z"}')).column("t").combine_chunks()) is None
+    assert _fixed_width_times(pj.read_json(io.BytesIO(b'{"t": "2026-01-01T00:00:00.5Z"}')).column("t").combine_chunks()) is None
 
 
 @pytest.mark.parametrize("longest", [1, 6, 16, 17, 40])

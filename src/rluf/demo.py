@@ -418,7 +418,7 @@ def _online(out: Path, cfg: DemoConfig, candidates: dict, models: dict, log_days
 
 def _hacking(out: Path, cfg: DemoConfig, candidates: dict, console: Console) -> dict:
     from .evaluate.hacking import compare as hacking_compare
-    from .evaluate.hacking import format_report, load_pairs, score_kwargs, suspects, write_judge_config
+    from .evaluate.hacking import format_report, load_pairs, rising, score_kwargs, suspects, write_judge_config
 
     d = out / "hacking"
     d.mkdir(parents=True, exist_ok=True)
@@ -432,8 +432,7 @@ def _hacking(out: Path, cfg: DemoConfig, candidates: dict, console: Console) -> 
         r = hacking_compare(pairs.prompts, pairs.baseline, pairs.candidate, seed=cfg.seed, **score_kwargs(pairs))
         (d / f"{_slug(name)}.json").write_text(json.dumps(r, indent=1) + "\n")
         write_judge_config(r, d / f"{_slug(name)}.judges.yaml")
-        top = [e["text"] for e in r["phrases"]["increased"][:10] if e["significant"]]
-        top_sentences = [e["text"] for e in r["sentences"]["increased"][:10] if e["significant"]]
+        top, top_sentences = rising(r, "phrases"), rising(r, "sentences")
         found = suspects(r)
         brief[name] = {"closing_judge": r["closing"]["closing_judge"], "love_bait_anywhere": r["closing"]["love_bait_anywhere"],
                        "top_phrases": top, "top_sentences": top_sentences,

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from .contract import ACTIONS, CONVERSATION, ROLES, Limits, _MAX_TIME_US, _MIN_TIME_US
-from .parse import SCHEMAS, Stager, Task, run_jsonl_lines
+from .parse import SCHEMAS, TIMESTAMP, Stager, Task, run_jsonl_lines
 
 MIN_RANGE_LINES = 256  # below this a failing range goes line by line
 MAX_LAGS = 16  # conversations up to this long are checked for repeated message ids turn by turn
@@ -114,6 +114,7 @@ def _validate_table(task: Task, table: pa.Table, lines: Callable[[], list[bytes]
     turn = dict(zip((f.name for f in flat.type), flat.flatten()))
     n_msgs = len(flat)
     r = _numpy(pc.list_parent_indices(turns))
+    r_rows = _arrow(r)  # the same, as Arrow indices for take()
     i = np.arange(n_msgs) - offsets[r]
     mtime, time_ok = _times(turn["time"])
     texts = turn["text"]
@@ -148,7 +149,7 @@ def _validate_table(task: Task, table: pa.Table, lines: Callable[[], list[bytes]
     bad[r[tr[bad_event]]] = True
 
     # Message ids: given, or `conversation_id:index`; parents: given ("" for none) or the previous turn.
-    cid_m = cid.take(_arrow(r))
+    cid_m = cid.take(r_rows)
     mid = turn["message_id"]
     if mid.null_count:
         default = pc.binary_join_element_wise(cid_m, pc.cast(_arrow(i), pa.string()), _COLON)
@@ -161,7 +162,7 @@ def _validate_table(task: Task, table: pa.Table, lines: Callable[[], list[bytes]
 
     # The stored rows of every conversation; those of flagged ones are dropped before staging.
     rows = _lineage(task, first_line, np.arange(n))
-    uid_m, event_rows = uid.take(_arrow(r)), r[tr]
+    uid_m, event_rows, tr_rows = uid.take(r_rows), r[tr], _arrow(tr)
     seq = np.arange(len(tr)) - np.searchsorted(event_rows, event_rows)  # events before it in its conversation
     action = pc.if_else(_arrow(no_action), _repeat(_ADD, len(tr)), action)
     tables = {
@@ -169,9 +170,9 @@ def _validate_table(task: Task, table: pa.Table, lines: Callable[[], list[bytes]
                            pa.nulls(n, pa.string()), *rows], None),
         "messages": ([mid, cid_m, parent, _arrow(i.astype(np.int32)), uid_m, pa.DictionaryArray.from_arrays(role, _ROLES),
                       texts, _timestamps(mtime),
-                      policy.take(_arrow(r)), category.take(_arrow(r)), pa.nulls(n_msgs, pa.string()),
+                      policy.take(r_rows), category.take(r_rows), pa.nulls(n_msgs, pa.string()),
                       *_lineage(task, first_line, r)], r),
-        "reaction_events": ([mid.take(_arrow(tr)), pc.coalesce(ev["user_id"], uid_m.take(_arrow(tr))), ev["name"],
+        "reaction_events": ([mid.take(tr_rows), pc.coalesce(ev["user_id"], uid_m.take(tr_rows)), ev["name"],
                              action, _timestamps(etime), _arrow(seq.astype(np.int32)), *_lineage(task, first_line, event_rows)],
                             event_rows),
         "ledger": ([_label(CONVERSATION, n), cid, *rows], None),
@@ -228,7 +229,7 @@ def _arrow(values: np.ndarray, arrow_type: pa.DataType | None = None) -> pa.Arra
 
 
 def _timestamps(us: np.ndarray) -> pa.Array:
-    return _arrow(us.astype(np.int64, copy=False), _TS)
+    return _arrow(us.astype(np.int64, copy=False), TIMESTAMP)
 
 
 def _strings(values: list[str]) -> pa.Array:
@@ -247,7 +248,6 @@ def _label(value: str, n: int) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(_arrow(np.zeros(n, np.int32)), _strings([value]))
 
 
-_TS = pa.timestamp("us", "UTC")
 _ROLES = _strings(sorted(ROLES))
 _ACTIONS = _strings(sorted(ACTIONS))
 _ADD = _strings(["add"])
@@ -274,26 +274,33 @@ def _times(s: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     validator read, to the same value, inside the contract's range. Naive times mean UTC."""
     if len(s) == 0:
         return np.zeros(0, np.int64), np.zeros(0, bool)
-    fixed = _utc_seconds(s)
+    fixed = _fixed_width_times(s)
     if fixed is not None and fixed[1].all():  # the usual case: read in NumPy, no cast
         us, ok = fixed
-        return us, ok & (us >= _MIN_TIME_US) & (us < _MAX_TIME_US)
-    ok = fixed[1] if fixed is not None else _numpy(pc.match_substring_regex(s, _ZONED))
+    else:
+        us, ok = _cast_or_reference(s, fixed[1] if fixed is not None else _numpy(pc.match_substring_regex(s, _ZONED)))
+    return us, ok & (us >= _MIN_TIME_US) & (us < _MAX_TIME_US)
+
+
+def _cast_or_reference(s: pa.Array, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Microseconds and validity of times read by Arrow's cast; `ok` marks the strings already known
+    to match `_ZONED`. Naive times are read as UTC; where a date does not exist (2026-02-30), the
+    reference parser decides which strings are times at all."""
     if not ok.all():
         naive = _numpy(pc.match_substring_regex(s, _NAIVE))
         if naive.any():
             s = pc.if_else(_arrow(naive), pc.utf8_replace_slice(s, 64, 64, "Z"), s)
             ok |= naive
     us = _cast_times(s, ok)
-    if us is None:  # a calendar-impossible date (2026-02-30): leave it to the reference validator
+    if us is None:  # a date that does not exist: leave it to the reference validator
         ok &= _python_reads(s)
         us = _cast_times(s, ok)
         if us is None:
             return np.zeros(len(s), np.int64), np.zeros(len(s), bool)
-    return us, ok & (us >= _MIN_TIME_US) & (us < _MAX_TIME_US)
+    return us, ok
 
 
-def _utc_seconds(s: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
+def _fixed_width_times(s: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
     """Where every string is 20 bytes long (the usual `2026-01-31T09:30:00Z`), read in NumPy, byte
     by byte: microseconds since the epoch, and whether each string matches `_ZONED` and names a day
     of the calendar (where not, the microseconds mean nothing). None for other strings."""
@@ -308,7 +315,8 @@ def _utc_seconds(s: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
     month, day, hour, minute, second = (d[:, k] * 10 + d[:, k + 1] for k in (4, 6, 8, 10, 12))
     leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
     month_days = _MONTH_DAYS[np.clip(month, 1, 12) - 1] + ((month == 2) & leap)
-    ok &= (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= month_days) & (hour < 24) & (minute < 60) & (second < 60)
+    ok &= (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= month_days)
+    ok &= (hour < 24) & (minute < 60) & (second < 60)
     # Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
     y = year - (month <= 2)
     era = y // 400
@@ -326,7 +334,7 @@ _PUNCTUATION, _EXPECTED = [4, 7, 13, 16, 19], np.frombuffer(b"--::Z", np.uint8) 
 def _cast_times(s: pa.Array, ok: np.ndarray) -> np.ndarray | None:
     try:
         valid = s if ok.all() else pc.if_else(_arrow(ok), s, pa.nulls(len(s), s.type))
-        return _numpy(pc.cast(pc.cast(valid, _TS), pa.int64()), null=-1)
+        return _numpy(pc.cast(pc.cast(valid, TIMESTAMP), pa.int64()), null=-1)
     except pa.ArrowInvalid:
         return None
 

@@ -28,20 +28,20 @@ RAW_KEEP_CHARS = 65_536  # how much of a rejected record's raw text the rejects 
 # without copying or hashing the strings, and the Parquet writer writes them as they are.
 LABEL = pa.dictionary(pa.int32(), pa.string())
 _LINEAGE = [("batch_no", pa.int32()), ("source_file", LABEL), ("source_line", pa.int64()), ("block", pa.int32())]
-_TS = pa.timestamp("us", "UTC")
+TIMESTAMP = pa.timestamp("us", "UTC")
 SCHEMAS = {
     "conversations": pa.schema([
-        ("conversation_id", pa.string()), ("user_id", pa.string()), ("started_at", _TS), ("category", LABEL),
+        ("conversation_id", pa.string()), ("user_id", pa.string()), ("started_at", TIMESTAMP), ("category", LABEL),
         ("policy", LABEL), ("n_turns", pa.int32()), ("extra", pa.string()),
         *_LINEAGE]),  # fmt: skip
     "messages": pa.schema([
         ("message_id", pa.string()), ("conversation_id", pa.string()), ("parent_id", pa.string()),
         ("turn_index", pa.int32()), ("user_id", pa.string()), ("role", LABEL), ("text", pa.string()),
-        ("time", _TS), ("policy", LABEL), ("category", LABEL), ("extra", pa.string()),
+        ("time", TIMESTAMP), ("policy", LABEL), ("category", LABEL), ("extra", pa.string()),
         *_LINEAGE]),  # fmt: skip
     "reaction_events": pa.schema([
         ("message_id", pa.string()), ("user_id", pa.string()), ("reaction", pa.string()), ("action", pa.string()),
-        ("time", _TS), ("seq", pa.int32()), *_LINEAGE]),  # fmt: skip
+        ("time", TIMESTAMP), ("seq", pa.int32()), *_LINEAGE]),  # fmt: skip
     "user_overrides": pa.schema([("user_id", pa.string()), ("retained", pa.bool_()), *_LINEAGE]),
     # Side tables for the merge stage, never stored:
     # One row per staged record, in the form of the store's ledger (identity and lineage).
@@ -49,7 +49,7 @@ SCHEMAS = {
     "external_parents": pa.schema([("block", pa.int32()), ("line", pa.int64()), ("message_id", pa.string()),
                                    ("parent_id", pa.string())]),  # fmt: skip
 }
-_DICTIONARY_COLUMNS = {"role", "policy", "category", "reaction", "action", "kind", "source_file", "batch_no", "block"}
+_DICTIONARY_COLUMNS = {"reaction", "action", "batch_no", "block"}  # and every LABEL column
 _FREE_TEXT_COLUMNS = {"text", "extra"}
 _DELTA_COLUMNS = {"started_at", "time", "source_line"}  # increasing or close together: stored as deltas
 STORED_TABLES = ("conversations", "messages", "reaction_events", "user_overrides", "ledger")
@@ -133,7 +133,7 @@ class Stager:
             schema = SCHEMAS[table]
             self.writers[table] = pq.ParquetWriter(
                 f"{self.base}-{table}.parquet", schema, compression="snappy",
-                use_dictionary=[n for n in schema.names if n in _DICTIONARY_COLUMNS],
+                use_dictionary=[f.name for f in schema if f.name in _DICTIONARY_COLUMNS or f.type == LABEL],
                 column_encoding={n: "DELTA_BINARY_PACKED" for n in schema.names if n in _DELTA_COLUMNS},
                 write_statistics=[n for n in schema.names if n not in _FREE_TEXT_COLUMNS],
                 store_schema=False,  # read back, a label column is a plain string, as in a rewritten file

@@ -1215,6 +1215,12 @@ def score_kwargs(pairs: Pairs, names: tuple[str, str] = ("love", "helpful"), pat
             "score_names": tuple(names)}  # fmt: skip
 
 
+def rising(result: dict, kind: str, limit: int = 10) -> list[str]:
+    """The significant units among the first `limit` that rose most in a result (`kind`: phrases
+    or sentences)."""
+    return [e["text"] for e in result[kind]["increased"][:limit] if e["significant"]]
+
+
 def suspects(result: dict, limit: int = 10) -> list[str]:
     """The significant units of a result's divergence: its first `limit` sentences, then phrases."""
     div = result.get("divergence") or {}
